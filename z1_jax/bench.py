@@ -1,0 +1,118 @@
+"""Speed benchmarks that print the z1-jax figure and its reference measured in the same run.
+
+`z1 bench forward`: prefill tokens/s and one single-token decode step with a KV cache, for
+z1-jax and for HF transformers (PyTorch) on the same random weights, fp32, on this machine.
+Prefill is measured as inference uses it: the prompt fills a fresh KV cache and only the last
+position's logits are computed (`logits_to_keep=1` on the PyTorch side).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from z1_jax.checkpoint.hf import load_hf
+from z1_jax.infer.decode import decode_step, prefill
+from z1_jax.model.config import get_preset, to_hf_config
+from z1_jax.model.qwen2 import init_cache
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _bench_z1(model, tokens: np.ndarray, repeats: int) -> dict:
+  graphdef, state = nnx.split(model)
+  b, l = tokens.shape
+  seg = np.ones_like(tokens)
+  pos = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
+  max_len = l + 4 * repeats + 8
+
+  def run_prefill():
+    logits, cache = prefill(graphdef, state, tokens, seg, pos, init_cache(model.cfg, b, max_len))
+    logits.block_until_ready()
+    return logits, cache
+
+  run_prefill()  # compile
+  prefill_s = _median_time(run_prefill, repeats)
+  logits, cache = run_prefill()
+  token = jnp.argmax(logits, -1).astype(jnp.int32)
+  step = [0]
+
+  def one_step():
+    nonlocal logits, cache
+    i = step[0]
+    logits, cache = decode_step(graphdef, state, token, jnp.full((b,), l + i, jnp.int32), cache,
+                                l + i)
+    logits.block_until_ready()
+    step[0] += 1
+
+  one_step()  # compile
+  decode_s = _median_time(one_step, repeats * 4)
+  return {"prefill_tokens_per_s": b * l / prefill_s, "decode_step_ms": decode_s * 1e3}
+
+
+def _bench_torch(model, tokens: np.ndarray, repeats: int) -> dict:
+  import torch
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+  b, l = tokens.shape
+  with torch.inference_mode():
+    run_prefill = lambda: model(ids, use_cache=True, logits_to_keep=1)
+    run_prefill()
+    prefill_s = _median_time(run_prefill, repeats)
+    out = run_prefill()
+    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    model(token, past_key_values=cache, use_cache=True)  # warm-up
+
+    def one_step():
+      model(token, past_key_values=cache, use_cache=True)
+
+    decode_s = _median_time(one_step, repeats * 4)
+  return {"prefill_tokens_per_s": b * l / prefill_s, "decode_step_ms": decode_s * 1e3}
+
+
+def bench_forward(preset: str = "qwen2.5-0.5b", batch: int = 1, seq_len: int = 512,
+                  repeats: int = 5, seed: int = 0) -> list[dict]:
+  """Returns one row per implementation (`impl`: z1-jax, hf-torch) plus the speed ratios."""
+  import torch
+  import transformers
+  cfg = get_preset(preset)
+  torch.manual_seed(seed)
+  hf_cfg = transformers.Qwen2Config(**{k: v for k, v in to_hf_config(cfg, "float32").items()
+                                      if k not in ("architectures", "model_type")})
+  hf_model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+  tokens = np.random.RandomState(seed).randint(0, cfg.vocab_size, (batch, seq_len)).astype(
+      np.int32)
+  with tempfile.TemporaryDirectory() as tmp:
+    hf_model.save_pretrained(tmp)
+    model = load_hf(tmp, dtype="float32")
+  common = {"preset": preset, "batch": batch, "seq_len": seq_len, "dtype": "float32",
+            "backend": jax.default_backend(), "torch_threads": torch.get_num_threads()}
+  z1 = {"impl": "z1-jax", **common, **_bench_z1(model, tokens, repeats)}
+  del model
+  hf = {"impl": "hf-torch", **common, **_bench_torch(hf_model, tokens, repeats)}
+  ratio = {"impl": "ratio z1-jax/hf-torch", **common,
+           "prefill_speedup": z1["prefill_tokens_per_s"] / hf["prefill_tokens_per_s"],
+           "decode_speedup": hf["decode_step_ms"] / z1["decode_step_ms"]}
+  return [z1, hf, ratio]
+
+
+def print_rows(rows: list[dict], as_json: bool) -> None:
+  for row in rows:
+    if as_json:
+      print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+    else:
+      print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in row.items()))
