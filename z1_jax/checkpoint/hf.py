@@ -241,14 +241,14 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
   for path, keys, stacked in tqdm(sources, desc=f"load {ckpt.name}", unit="param",
                                   disable=len(sources) < 50):
     var = _get(abstract, path)
-    dtype_ = var.value.dtype
-    parts = [to_ours(read(k), cfg).astype(dtype_) for k, to_ours, _ in keys]
+    target = var.get_value()
+    parts = [to_ours(read(k), cfg).astype(target.dtype) for k, to_ours, _ in keys]
     host = np.stack(parts) if stacked else parts[0]
-    if host.shape != var.value.shape:  # the table and the model disagree: a bug, not bad input
-      raise AssertionError(f"{path}: converted shape {host.shape} != {var.value.shape}")
-    sharding = (_get(shardings, path).value if shardings is not None else
+    if host.shape != target.shape:  # the table and the model disagree: a bug, not bad input
+      raise AssertionError(f"{path}: converted shape {host.shape} != {target.shape}")
+    sharding = (_get(shardings, path).get_value() if shardings is not None else
                 jax.sharding.SingleDeviceSharding(device))
-    var.value = jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    var.set_value(jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx]))
   return nnx.merge(graphdef, abstract)
 
 
@@ -310,7 +310,7 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
       tensors = {}
       for i in members:
         path, keys, stacked = sources[i]
-        host = _host_array(_get(state, path).value)
+        host = _host_array(_get(state, path).get_value())
         for j, (key, _, to_hf) in enumerate(keys):
           w = np.ascontiguousarray(to_hf(host[j] if stacked else host, cfg).astype(np_dtype))
           tensors[key] = w

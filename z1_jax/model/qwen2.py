@@ -301,7 +301,7 @@ def abstract_model(cfg: Qwen2Config, rules: LogicalRules | None = None) -> Qwen2
 
 def state_shardings(state: nnx.State, rules: LogicalRules) -> nnx.State:
   """The target `NamedSharding` of every parameter, from its logical axes."""
-  return jax.tree.map(lambda v: v.replace(rules.sharding(v.axes, v.value.shape)), state,
+  return jax.tree.map(lambda v: v.replace(rules.sharding(v.axes, v.get_value().shape)), state,
                       is_leaf=_is_var)
 
 

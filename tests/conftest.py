@@ -1,0 +1,52 @@
+"""Test set-up: 8 host CPU devices (before JAX starts) and tiny random HF Qwen2 checkpoints."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+# name -> transformers.Qwen2Config kwargs; together they cover tied/untied heads, GQA ratios
+# 1, 2 and 4, and non-default rope theta and norm eps.
+TINY_HF_CONFIGS = {
+    "tied-gqa2": dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "untied-gqa4-theta": dict(vocab_size=320, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+                              tie_word_embeddings=False, rope_theta=12345.0, rms_norm_eps=1e-5),
+    "untied-mha-eps": dict(vocab_size=256, hidden_size=48, intermediate_size=80,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           tie_word_embeddings=False, rope_theta=500.0, rms_norm_eps=1e-3),
+    "tied-mqa": dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+}
+
+
+def make_hf_model(name: str, seed: int = 0):
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  cfg = transformers.Qwen2Config(max_position_embeddings=256, **TINY_HF_CONFIGS[name])
+  model = transformers.Qwen2ForCausalLM(cfg).eval()
+  with torch.no_grad():  # HF zero-initialises biases and ones the norms: randomise everything
+    for p in model.parameters():
+      p.normal_(0.0, 0.1)
+  return model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+  """name -> (torch model, directory of its saved safetensors checkpoint)."""
+  cache = {}
+
+  def get(name: str):
+    if name not in cache:
+      model = make_hf_model(name)
+      path = tmp_path_factory.mktemp(f"hf-{name}")
+      model.save_pretrained(path)
+      cache[name] = (model, path)
+    return cache[name]
+
+  return get

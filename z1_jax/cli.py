@@ -1,0 +1,99 @@
+"""The `z1` command line. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _mesh(text: str | None):
+  """`--mesh D,F,T` (data, fsdp, tensor; one may be -1) -> Mesh, or None for one device."""
+  if text is None:
+    return None
+  from z1_jax.model.sharding import make_mesh
+  try:
+    data, fsdp, tensor = (int(x) for x in text.split(","))
+  except ValueError:
+    raise SystemExit(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR, e.g. 1,4,2")
+  try:
+    return make_mesh(data, fsdp, tensor)
+  except ValueError as e:
+    raise SystemExit(f"--mesh {text}: {e}")
+
+
+def cmd_convert(args) -> int:
+  from z1_jax.checkpoint.hf import load_hf, save_hf
+  from z1_jax.checkpoint.orbax_io import load_params, save_params
+  mesh = _mesh(args.mesh)
+  if args.direction == "hf-to-orbax":
+    model = load_hf(args.hf, dtype=args.dtype, mesh=mesh)
+    out = save_params(model, args.out)
+  else:
+    model = load_params(args.ckpt, mesh=mesh)
+    out = save_hf(model, args.out, dtype=args.dtype or "bfloat16", tokenizer=args.tokenizer,
+                  max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+  print(json.dumps({"wrote": str(out), "params": model.cfg.num_params()}))
+  return 0
+
+
+def cmd_bench(args) -> int:
+  from z1_jax.bench import bench_forward, print_rows
+  rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  print_rows(rows, args.json)
+  return 0
+
+
+def cmd_demo(args) -> int:
+  from z1_jax.demo import run_demo
+  return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="z1", description=__doc__)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  demo = sub.add_parser("demo", help="CPU demo on built-in defaults (no downloads)")
+  demo.add_argument("--out", default=None, help="directory to keep the outputs (default: temp)")
+  demo.set_defaults(fn=cmd_demo)
+
+  conv = sub.add_parser("convert", help="convert checkpoints between HF and Orbax")
+  conv_sub = conv.add_subparsers(dest="direction", required=True)
+  h2o = conv_sub.add_parser("hf-to-orbax", help="HF safetensors directory (or hub id) -> Orbax")
+  h2o.add_argument("--hf", required=True, help="local HF checkpoint directory or hub id")
+  h2o.add_argument("--out", required=True, help="Orbax checkpoint directory to create")
+  h2o.add_argument("--dtype", default=None, help="parameter dtype (default float32)")
+  o2h = conv_sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF safetensors directory")
+  o2h.add_argument("--ckpt", required=True, help="Orbax checkpoint directory")
+  o2h.add_argument("--out", required=True, help="HF directory to write (atomically)")
+  o2h.add_argument("--dtype", default=None, help="tensor dtype written (default bfloat16)")
+  o2h.add_argument("--tokenizer", default=None, help="directory with tokenizer files to copy")
+  o2h.add_argument("--max-shard-size", default="5GB", help="size cap per safetensors file")
+  o2h.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  for c in (h2o, o2h):
+    c.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR mesh (default: one device)")
+    c.set_defaults(fn=cmd_convert)
+
+  bench = sub.add_parser("bench", help="speed benchmarks against a reference")
+  bench_sub = bench.add_subparsers(dest="what", required=True)
+  fwd = bench_sub.add_parser("forward", help="prefill and decode step vs HF transformers")
+  fwd.add_argument("--preset", default="qwen2.5-0.5b")
+  fwd.add_argument("--batch", type=int, default=1)
+  fwd.add_argument("--seq-len", type=int, default=512)
+  fwd.add_argument("--repeats", type=int, default=5)
+  fwd.add_argument("--json", action="store_true", help="JSON lines output")
+  fwd.set_defaults(fn=cmd_bench)
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.fn(args)
+  except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+    print(f"z1 {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

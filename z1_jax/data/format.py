@@ -1,0 +1,32 @@
+"""The one place that renders Z1 text: the Qwen2.5 chat prompt and the training target.
+
+Training (Shifted Thinking Window): no think tags; the whole trajectory is the assistant turn.
+  prompt = <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{question}<|im_end|>\\n
+           <|im_start|>assistant\\n
+  target = response + <|im_end|>
+The offline tokenizer's own chat template is Qwen3's (no default system prompt), so the prompt
+is rendered here rather than with `apply_chat_template`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from z1_jax.data.tokenizer import IM_END, IM_START
+
+DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+_THINK_TAGS = re.compile(r"</?think>\n?")
+
+
+def render_prompt(question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
+  """Qwen2.5 chat prompt for one user turn, ending with the open assistant header."""
+  system = "" if system_prompt is None else f"{IM_START}system\n{system_prompt}{IM_END}\n"
+  return f"{system}{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n"
+
+
+def render_target(response: str, strip_think_tags: bool = False) -> str:
+  """The supervised continuation: the trajectory and the closing end-of-turn token."""
+  if strip_think_tags:
+    response = _THINK_TAGS.sub("", response)
+  return response + IM_END
