@@ -49,6 +49,43 @@ def cmd_demo(args) -> int:
   return run_demo(args.out)
 
 
+def _packed(args):
+  from z1_jax.data.encode import EncodeConfig, encode_dataset
+  from z1_jax.data.pack import pack
+  from z1_jax.data.sources import Columns, sample_dataset_path
+  from z1_jax.data.tokenizer import load_tokenizer
+  tokenizer = load_tokenizer(args.tokenizer)
+  cfg = EncodeConfig(dataset=args.dataset or str(sample_dataset_path()), tokenizer=args.tokenizer,
+                     strip_think_tags=args.strip_think_tags,
+                     columns=Columns(args.question_column, args.response_column),
+                     on_bad_row=args.on_bad_row)
+  encoded = encode_dataset(cfg, cache_dir=args.cache_dir, tokenizer=tokenizer)
+  return encoded, pack(encoded, args.seq_len, tokenizer.pad_token_id or 0, args.overlong,
+                       args.select_tokens, args.select_order)
+
+
+def cmd_data(args) -> int:
+  import numpy as np
+  encoded, packed = _packed(args)
+  lengths = encoded.lengths
+  stats = {
+      "examples": len(encoded), "skipped_bad_rows": encoded.skipped,
+      "tokenized_from_cache": encoded.from_cache,
+      "tokens": {"mean": round(float(lengths.mean()), 1), "min": int(lengths.min()),
+                 **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)},
+                 "max": int(lengths.max())},
+      "seq_len": args.seq_len, "overlong_policy": args.overlong,
+      "kept": int((packed.used > 0).sum()), "truncated": packed.report.truncated,
+      "dropped": packed.report.dropped, "rows": len(packed),
+      "packing_efficiency": round(packed.efficiency, 4),
+  }
+  if args.action == "pack":
+    from z1_jax.data.pack import write_rows
+    stats["wrote"] = str(write_rows(packed, args.out))
+  print(json.dumps(stats, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="z1", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
@@ -73,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
   for c in (h2o, o2h):
     c.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR mesh (default: one device)")
     c.set_defaults(fn=cmd_convert)
+
+  data = sub.add_parser("data", help="inspect and pack training data")
+  data_sub = data.add_subparsers(dest="action", required=True)
+  stats = data_sub.add_parser("stats", help="token lengths, overlong counts, packing efficiency")
+  pack_rows = data_sub.add_parser("pack", help="write packed rows (JSONL) for inspection")
+  pack_rows.add_argument("--out", required=True, help="JSONL file to write")
+  for c in (stats, pack_rows):
+    c.add_argument("--dataset", default=None,
+                   help="JSONL/Parquet/Arrow file or directory, or hub id (default: the "
+                        "built-in sample)")
+    c.add_argument("--seq-len", type=int, default=8192)
+    c.add_argument("--tokenizer", default=None, help="HF tokenizer dir or id (default: offline)")
+    c.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
+    c.add_argument("--strip-think-tags", action="store_true")
+    c.add_argument("--question-column", default="question")
+    c.add_argument("--response-column", default="response")
+    c.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    c.add_argument("--select-tokens", type=int, default=None,
+                   help="keep examples up to this many tokens in total (Z1 ablations)")
+    c.add_argument("--select-order", choices=("shortest", "longest"), default="shortest")
+    c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
+    c.set_defaults(fn=cmd_data)
 
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
   bench_sub = bench.add_subparsers(dest="what", required=True)

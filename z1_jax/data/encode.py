@@ -1,0 +1,121 @@
+"""Tokenizing Z1 examples once, with a cache next to the run.
+
+An encoded example is `input_ids` = prompt ids + target ids, and `prompt_len`: the loss covers
+exactly the target ids (response and the closing `<|im_end|>`). Prompt and target are
+tokenized separately, so the mask boundary is exact: the prompt ends with the special token
+`<|im_start|>` + `assistant\\n`, after which no BPE merge can cross.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT, render_prompt, render_target
+from z1_jax.data.sources import Columns, Example, ReadStats, read_examples, resolve_files
+from z1_jax.data.tokenizer import load_tokenizer
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+  dataset: str  # local file/directory, or a hub dataset id
+  tokenizer: str | None = None  # None: the offline Qwen2.5 tokenizer
+  system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+  strip_think_tags: bool = False
+  columns: Columns = Columns()
+  on_bad_row: str = "error"  # or "skip" (counted)
+  split: str = "train"
+
+
+@dataclasses.dataclass
+class Encoded:
+  """Tokenized examples: ragged `input_ids` as one flat array plus offsets."""
+  tokens: np.ndarray  # int32, all examples concatenated
+  offsets: np.ndarray  # int64 [n + 1]
+  prompt_lens: np.ndarray  # int32 [n]
+  sources: list[str]  # "file:row" per example
+  skipped: int = 0
+  from_cache: bool = False
+
+  def __len__(self) -> int:
+    return len(self.prompt_lens)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets).astype(np.int32)
+
+  def ids(self, i: int) -> np.ndarray:
+    return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+def encode_texts(tokenizer, examples: list[Example], cfg: EncodeConfig, chunk: int = 512,
+                 progress: bool = True) -> Encoded:
+  ids, prompt_lens, sources = [], [], []
+  bar = tqdm(total=len(examples), desc="tokenize", unit="ex", disable=not progress)
+  for start in range(0, len(examples), chunk):
+    part = examples[start:start + chunk]
+    prompts = tokenizer([render_prompt(e.question, cfg.system_prompt) for e in part],
+                        add_special_tokens=False)["input_ids"]
+    targets = tokenizer([render_target(e.response, cfg.strip_think_tags) for e in part],
+                        add_special_tokens=False)["input_ids"]
+    for e, p, t in zip(part, prompts, targets):
+      ids.append(np.asarray(p + t, np.int32))
+      prompt_lens.append(len(p))
+      sources.append(f"{e.source}:{e.row}")
+    bar.update(len(part))
+  bar.close()
+  offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+  tokens = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+  return Encoded(tokens, offsets, np.asarray(prompt_lens, np.int32), sources)
+
+
+def _cache_key(cfg: EncodeConfig, tokenizer) -> str:
+  local = Path(cfg.dataset).expanduser()
+  if local.exists():
+    inputs = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+              for f in resolve_files(local)]
+  else:
+    inputs = [cfg.dataset, cfg.split]
+  vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else (
+      json.dumps(tokenizer.get_vocab(), sort_keys=True))
+  blob = json.dumps({"version": CACHE_VERSION, "inputs": inputs,
+                     "tokenizer": hashlib.sha256(vocab.encode()).hexdigest(),
+                     "cfg": dataclasses.asdict(dataclasses.replace(cfg, tokenizer=None))},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None,
+                   tokenizer=None, progress: bool = True) -> Encoded:
+  """Reads, checks and tokenizes the dataset; reuses `cache_dir/tokenized-<key>.npz` if there."""
+  tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+  cache = None
+  if cache_dir is not None:
+    cache = Path(cache_dir) / f"tokenized-{_cache_key(cfg, tokenizer)}.npz"
+    if cache.exists():
+      with np.load(cache, allow_pickle=False) as z:
+        return Encoded(z["tokens"], z["offsets"], z["prompt_lens"], z["sources"].tolist(),
+                       int(z["skipped"]), from_cache=True)
+  stats = ReadStats()
+  examples = list(read_examples(cfg.dataset, cfg.columns, cfg.on_bad_row, cfg.split, stats))
+  if not examples:
+    raise ValueError(f"{cfg.dataset}: no usable examples ({stats.skipped} skipped)")
+  encoded = encode_texts(tokenizer, examples, cfg, progress=progress)
+  encoded.skipped = stats.skipped
+  if cache is not None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{uuid.uuid4().hex[:8]}.npz")
+    np.savez(tmp, tokens=encoded.tokens, offsets=encoded.offsets,
+             prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
+             skipped=np.asarray(encoded.skipped))
+    os.replace(tmp, cache)
+  return encoded
