@@ -34,3 +34,33 @@ def test_module_entry_point_help():
                        text=True, check=True).stdout
   for command in ("demo", "convert", "bench"):
     assert command in out
+
+
+def test_data_stats_and_pack(tmp_path, capsys):
+  import json
+  assert main(["data", "stats", "--seq-len", "256", "--overlong", "drop"]) == 0
+  stats = json.loads(capsys.readouterr().out)
+  assert stats["examples"] == 12 and stats["kept"] + stats["dropped"] == 12
+  assert 0 < stats["packing_efficiency"] <= 1
+  out = tmp_path / "rows.jsonl"
+  assert main(["data", "pack", "--seq-len", "1024", "--out", str(out)]) == 0
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(rows) == json.loads(capsys.readouterr().out)["rows"]
+  assert sum(len(r["examples"]) for r in rows) == 12
+  assert main(["data", "stats", "--dataset", str(tmp_path / "none.jsonl")]) == 2
+  assert "dataset not found" in capsys.readouterr().err
+
+
+def test_bench_commands_print_figure_and_reference(capsys):
+  import json
+  assert main(["bench", "data", "--examples", "2000", "--tokenize-examples", "20",
+               "--json"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  impls = [r["impl"] for r in rows]
+  assert "z1-jax best-fit" in impls and "next-fit (reference)" in impls
+  assert rows[0]["packing_efficiency"] > 0.97
+  assert main(["bench", "forward", "--preset", "tiny", "--seq-len", "16", "--repeats", "1",
+               "--json"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["impl"] for r in rows] == ["z1-jax", "hf-torch", "ratio z1-jax/hf-torch"]
+  assert all(r["prefill_tokens_per_s"] > 0 and r["decode_step_ms"] > 0 for r in rows[:2])

@@ -38,8 +38,11 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
-  from z1_jax.bench import bench_forward, print_rows
-  rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  from z1_jax.bench import bench_data, bench_forward, print_rows
+  if args.what == "forward":
+    rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  else:
+    rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
   print_rows(rows, args.json)
   return 0
 
@@ -142,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
   fwd.add_argument("--repeats", type=int, default=5)
   fwd.add_argument("--json", action="store_true", help="JSON lines output")
   fwd.set_defaults(fn=cmd_bench)
+  dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
+  dat.add_argument("--examples", type=int, default=107_000, help="lengths to pack")
+  dat.add_argument("--seq-len", type=int, default=8192)
+  dat.add_argument("--tokenize-examples", type=int, default=1000, help="texts to tokenize")
+  dat.add_argument("--json", action="store_true", help="JSON lines output")
+  dat.set_defaults(fn=cmd_bench)
   return p
 
 
