@@ -89,6 +89,24 @@ def cmd_data(args) -> int:
   return 0
 
 
+def cmd_score(args) -> int:
+  from z1_jax.eval.benchmarks import load_benchmark
+  from z1_jax.eval.sandbox import Limits
+  from z1_jax.eval.score import Scorer, read_samples, write_jsonl
+  problems = load_benchmark(args.benchmark, path=args.data)
+  samples = read_samples(args.samples)
+  scorer = Scorer(problems, Limits(wall_s=args.timeout, cpu_s=max(int(args.timeout), 1)),
+                  workers=args.workers, allow_unsandboxed=args.allow_unsandboxed)
+  try:
+    rows, summary = scorer.score(samples, source=args.samples)
+  finally:
+    scorer.close()
+  if args.out:
+    write_jsonl(rows, args.out)
+  print(json.dumps({"benchmark": args.benchmark, **summary}, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="z1", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
     c.set_defaults(fn=cmd_data)
 
+  score = sub.add_parser("score", help="score given completions against a benchmark")
+  score.add_argument("--benchmark", required=True, help="humaneval, aime2024, aime2025, "
+                     "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
+  score.add_argument("--samples", required=True,
+                     help="JSONL rows with the benchmark's id field and 'completion'")
+  score.add_argument("--out", default=None, help="JSONL verdicts, one per input row, in order")
+  score.add_argument("--data", default=None, help="local benchmark file instead of the hub")
+  score.add_argument("--workers", type=int, default=None, help="parallel samples (default: CPUs)")
+  score.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
+  score.add_argument("--allow-unsandboxed", action="store_true",
+                     help="run model code without bubblewrap (limits only): unsafe")
+  score.set_defaults(fn=cmd_score)
+
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
   bench_sub = bench.add_subparsers(dest="what", required=True)
   fwd = bench_sub.add_parser("forward", help="prefill and decode step vs HF transformers")
@@ -158,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)
-  except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+  except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as e:
     print(f"z1 {args.command}: error: {e}", file=sys.stderr)
     return 2
 

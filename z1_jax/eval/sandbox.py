@@ -14,6 +14,7 @@ then it still applies the limits, the clean environment and the unprivileged use
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import os
 import shutil
@@ -168,38 +169,50 @@ class Sandbox:
 
 
 class _UidPool:
+  """Run uids leased through lock files, so concurrent harness processes never share one."""
 
   def __init__(self, uids):
-    self.free = list(uids)
-    self.cond = threading.Condition()
+    self.uids = list(uids)
+    self.held: dict[int, int] = {}  # uid -> locked fd
+    self.lock = threading.Lock()
 
   def acquire(self) -> int:
-    with self.cond:
-      self.cond.wait_for(lambda: self.free)
-      return self.free.pop()
+    while True:
+      for uid in self.uids:
+        fd = os.open(os.path.join(tempfile.gettempdir(), f"z1-sandbox-uid-{uid}.lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+          os.close(fd)
+          continue
+        with self.lock:
+          self.held[uid] = fd
+        return uid
+      time.sleep(0.05)
 
   def release(self, uid: int) -> None:
-    with self.cond:
-      self.free.append(uid)
-      self.cond.notify()
+    with self.lock:
+      fd = self.held.pop(uid)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 _UIDS = _UidPool(RUN_UIDS)
 
 
 def _pids_of(uid: int) -> list[int]:
+  """Live processes of `uid` (zombies are already dead: their reaper collects them)."""
   pids = []
   for entry in os.listdir("/proc"):
     if entry.isdigit():
       try:
         with open(f"/proc/{entry}/status") as f:
-          for line in f:
-            if line.startswith("Uid:"):
-              if int(line.split()[1]) == uid:
-                pids.append(int(entry))
-              break
+          fields = dict(line.split(":", 1) for line in f if ":" in line)
       except OSError:
         continue
+      if int(fields.get("Uid", "-1").split()[0]) == uid and fields["State"].split()[0] not in "ZX":
+        pids.append(int(entry))
   return pids
 
 
