@@ -38,11 +38,13 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
-  from z1_jax.bench import bench_data, bench_forward, print_rows
+  from z1_jax.bench import bench_data, bench_forward, bench_score, print_rows
   if args.what == "forward":
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
-  else:
+  elif args.what == "data":
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
+  else:
+    rows = bench_score(args.workers)
   print_rows(rows, args.json)
   return 0
 
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
   dat.add_argument("--tokenize-examples", type=int, default=1000, help="texts to tokenize")
   dat.add_argument("--json", action="store_true", help="JSON lines output")
   dat.set_defaults(fn=cmd_bench)
+  scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
+  scr.add_argument("--workers", type=int, default=None)
+  scr.add_argument("--json", action="store_true", help="JSON lines output")
+  scr.set_defaults(fn=cmd_bench)
   return p
 
 
