@@ -88,14 +88,30 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return (x32 * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
 
 
-def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos) -> jax.Array:
+CAUSAL_BLOCK = 128
+
+
+def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False) -> jax.Array:
   """Grouped-query attention; K/V are never repeated. q `[B, L, H, D]`, k/v `[B, K, S, D]`.
 
   A query sees a key iff both are in the same (non-zero) segment and the key's position is not
   after the query's. Rows with no visible key (padding) produce finite garbage, never NaN.
-  The layout (query groups folded into rows, heads leading) makes both products plain batched
-  matmuls, several times faster on CPU than the naive einsum.
+  `causal_blocks` (queries and keys are the same row, in order: packed rows, prefill) skips the
+  key blocks after each query block, which are never visible: about 40% less work at L=512.
   """
+  l, s = q.shape[1], k.shape[2]
+  c = CAUSAL_BLOCK
+  if causal_blocks and l == s and l > c and l % c == 0:
+    return jnp.concatenate([
+        _attend(q[:, i:i + c], k[:, :, :i + c], v[:, :, :i + c], q_seg[:, i:i + c],
+                q_pos[:, i:i + c], kv_seg[:, :i + c], kv_pos[:, :i + c])
+        for i in range(0, l, c)], axis=1)
+  return _attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos)
+
+
+def _attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos) -> jax.Array:
+  # Query groups folded into rows, heads leading: both products are plain batched matmuls,
+  # several times faster on CPU than the naive 5-d einsum.
   b, l, h, d = q.shape
   kh, s = k.shape[1], k.shape[2]
   g = h // kh
@@ -137,7 +153,11 @@ class Attention(nnx.Module):
     self.o_proj = _param(rngs, (h, d, e), ("q_heads", "head_dim", "embed"), pd, stack=stack)
 
   def __call__(self, x, segment_ids, positions, rope, kv, rules: LogicalRules | None):
-    """kv: None (attend within `x`) or (k_cache, v_cache, cache_seg, cache_pos, index)."""
+    """kv: None (attend within `x`) or (k_cache, v_cache, cache_seg, cache_pos, index, fresh).
+
+    `fresh` (static): the cache was empty and `x` fills it from slot 0, so the queries need no
+    key but their own (prefill).
+    """
     dt = x.dtype
     proj = lambda w, b: jnp.einsum("ble,ehd->blhd", x, w[...].astype(dt)) + b[...].astype(dt)
     q = apply_rope(proj(self.q_proj, self.q_bias), *rope)
@@ -148,14 +168,19 @@ class Attention(nnx.Module):
       k = rules.constrain(k, ("batch", "seq", "act_kv_heads", "head_dim"))
       v = rules.constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, D]
+    self_only = kv is None or kv[5]
     if kv is None:
-      kv_seg, kv_pos, new_kv = segment_ids, positions, None
+      new_kv = None
     else:
-      k_cache, v_cache, kv_seg, kv_pos, index = kv
-      k = k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 2)
-      v = v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 2)
+      k_cache, v_cache, kv_seg, kv_pos, index, _ = kv
+      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 2)
+      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 2)
       new_kv = (k_cache, v_cache)
-    out = attend(q, k.astype(dt), v.astype(dt), segment_ids, positions, kv_seg, kv_pos)
+    if self_only:
+      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True)
+    else:
+      out = attend(q, k_cache.astype(dt), v_cache.astype(dt), segment_ids, positions, kv_seg,
+                   kv_pos)
     out = checkpoint_name(out, "attn_out")
     # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) directly makes XLA copy it.
     o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
@@ -228,7 +253,8 @@ class Qwen2(nnx.Module):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
     With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1` (the
-    same slots for every row) and attend to everything visible in the cache.
+    same slots for every row) and attend to everything visible in the cache. A Python int 0
+    (or None) means the cache starts empty: the tokens then attend only among themselves.
     `last_only` computes logits for the final position only (`[B, 1, V]`).
     """
     cfg, rules = self.cfg, self.rules
@@ -244,13 +270,14 @@ class Qwen2(nnx.Module):
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
 
     if cache is not None:
+      fresh = cache_index is None or (isinstance(cache_index, int) and cache_index == 0)
       index = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
       kv_seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, index, 1)
       kv_pos = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions, index, 1)
 
     def layer_fn(graphdef):
       def run(layer_state, x, kv_pair):
-        kv = None if kv_pair is None else (*kv_pair, kv_seg, kv_pos, index)
+        kv = None if kv_pair is None else (*kv_pair, kv_seg, kv_pos, index, fresh)
         return nnx.merge(graphdef, layer_state)(x, segment_ids, positions, rope, kv, rules)
       return _remat(run, cfg.remat_policy)
 
