@@ -62,7 +62,8 @@ def resolve_files(path: str | os.PathLike) -> list[Path]:
   raise FileNotFoundError(f"dataset not found: {p}")
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+  """(row, object) per non-blank line; bad UTF-8 or JSON raises `DataError` naming file and row."""
   with open(path, "rb") as f:
     for i, raw in enumerate(f):
       try:
@@ -123,7 +124,7 @@ def read_examples(path_or_id: str | os.PathLike, columns: Columns = Columns(),
   stats = stats if stats is not None else ReadStats()
   local = Path(path_or_id).expanduser()
   if local.exists() or not _looks_like_hub_id(str(path_or_id)):
-    sources = [(str(f), _jsonl_records(f) if f.suffix in (".jsonl", ".json") else
+    sources = [(str(f), jsonl_records(f) if f.suffix in (".jsonl", ".json") else
                 _table_records(f, columns)) for f in resolve_files(local)]
   else:
     sources = [(f"hub:{path_or_id}[{split}]", _hub_records(str(path_or_id), split))]

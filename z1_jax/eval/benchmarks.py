@@ -19,6 +19,8 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+from z1_jax.data.sources import jsonl_records
+
 # Z1 evaluation prompts per benchmark family (the instruction follows the problem text).
 PROMPTS = {
     "code": "Please reason step by step.",
@@ -70,19 +72,12 @@ def read_rows(path: str | Path) -> list[dict]:
     import csv
     with open(path, newline="") as f:
       return list(csv.DictReader(f))
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt") as f:
-    text = f.read()
   if path.suffix == ".json":
-    return json.loads(text)
-  rows = []
-  for i, line in enumerate(text.splitlines()):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: row {i}: invalid JSON ({e.msg})") from e
-  return rows
+    return json.loads(path.read_text())
+  if path.suffix == ".gz":  # HumanEval ships gzipped JSONL
+    with gzip.open(path, "rt") as f:
+      return [json.loads(line) for line in f if line.strip()]
+  return [row for _, row in jsonl_records(path)]
 
 
 def _hub_rows(dataset_id: str, name: str | None, split: str, **kw) -> list[dict]:

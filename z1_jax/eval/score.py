@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from z1_jax.data.sources import jsonl_records
 from z1_jax.eval.answers import score_math, score_mc
 from z1_jax.eval.benchmarks import Problem
 from z1_jax.eval.code import run_tests
@@ -31,17 +32,7 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"samples file not found: {path}")
-  rows = []
-  with open(path) as f:
-    for i, line in enumerate(f):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: row {i}: invalid JSON ({e.msg})") from e
-      rows.append(row)
-  return rows
+  return [row for _, row in jsonl_records(path)]
 
 
 def _sample_id(row: dict, where: str) -> str:
