@@ -39,8 +39,9 @@ def _same(w, c):
   return w
 
 
-# (HF key suffix, our path inside a decoder layer, HF -> ours, ours -> HF, HF shape)
-_LAYER_TABLE: list[tuple[str, tuple[str, ...], Transform, Transform, Callable]] = [
+# (HF key suffix, our path inside a decoder layer, HF -> ours, ours -> HF, HF shape[, part]).
+# `part`: the index along our axis 1 that the key fills (gate and up share one `[E, 2, F]`).
+_LAYER_TABLE: list[tuple] = [
     ("self_attn.q_proj.weight", ("attn", "q_proj"),
      lambda w, c: w.T.reshape(c.hidden_size, c.num_heads, c.dim_per_head),
      lambda w, c: w.reshape(c.hidden_size, -1).T,
@@ -69,10 +70,10 @@ _LAYER_TABLE: list[tuple[str, tuple[str, ...], Transform, Transform, Callable]] 
      lambda w, c: w.T.reshape(c.num_heads, c.dim_per_head, c.hidden_size),
      lambda w, c: w.reshape(-1, c.hidden_size).T,
      lambda c: (c.hidden_size, c.num_heads * c.dim_per_head)),
-    ("mlp.gate_proj.weight", ("mlp", "gate"), _t, _t,
-     lambda c: (c.intermediate_size, c.hidden_size)),
-    ("mlp.up_proj.weight", ("mlp", "up"), _t, _t,
-     lambda c: (c.intermediate_size, c.hidden_size)),
+    ("mlp.gate_proj.weight", ("mlp", "gate_up"), _t, _t,
+     lambda c: (c.intermediate_size, c.hidden_size), 0),
+    ("mlp.up_proj.weight", ("mlp", "gate_up"), _t, _t,
+     lambda c: (c.intermediate_size, c.hidden_size), 1),
     ("mlp.down_proj.weight", ("mlp", "down"), _t, _t,
      lambda c: (c.hidden_size, c.intermediate_size)),
     ("input_layernorm.weight", ("input_norm", "scale"), _same, _same,
@@ -102,7 +103,7 @@ def _expected_hf_shapes(cfg: Qwen2Config) -> dict[str, tuple[int, ...]]:
       continue
     shapes[key] = shape(cfg)
   for i in range(cfg.num_layers):
-    for suffix, _, _, _, shape in _LAYER_TABLE:
+    for suffix, _, _, _, shape, *_ in _LAYER_TABLE:
       shapes[f"model.layers.{i}.{suffix}"] = shape(cfg)
   return shapes
 
@@ -200,19 +201,31 @@ def _get(tree, path):
 
 
 def _hf_sources(cfg: Qwen2Config):
-  """(our path, [(hf key, HF->ours transform)] per stacked layer or one) for every parameter."""
+  """(our path, [(hf key, HF->ours, ours->HF, layer in stack or None, part or None)], stacked)
+  for every parameter, in a fixed order."""
   out = []
   for key, path, _ in _GLOBAL_TABLE:
     if key == "lm_head.weight" and cfg.tie_word_embeddings:
       continue
-    out.append((path, [(key, _same, _same)], False))
-  for suffix, sub, to_ours, to_hf, _ in _LAYER_TABLE:
-    keys = [(f"model.layers.{i}.{suffix}", to_ours, to_hf) for i in range(cfg.num_layers)]
+    out.append((path, [(key, _same, _same, None, None)], False))
+  by_path: dict[tuple, list] = {}
+  for suffix, sub, to_ours, to_hf, _, *part in _LAYER_TABLE:
+    by_path.setdefault(sub, []).append((suffix, to_ours, to_hf, part[0] if part else None))
+  for sub, entries in by_path.items():
+    layer_keys = [[(f"model.layers.{i}.{suffix}", to_ours, to_hf, i, part)
+                   for suffix, to_ours, to_hf, part in entries] for i in range(cfg.num_layers)]
     if cfg.scan_layers:
-      out.append((("layers", *sub), keys, True))
+      out.append((("layers", *sub), [k for keys in layer_keys for k in keys], True))
     else:
-      out.extend((("layers", i, *sub), [k], False) for i, k in enumerate(keys))
+      out.extend((("layers", i, *sub), [(k, a, b, None, p) for k, a, b, _, p in keys], False)
+                 for i, keys in enumerate(layer_keys))
   return out
+
+
+def _slot(array: np.ndarray, layer: int | None, part: int | None) -> np.ndarray:
+  """The view of one HF tensor inside our (possibly stacked, possibly fused) parameter."""
+  view = array if layer is None else array[layer]
+  return view if part is None else view[:, part]
 
 
 def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
@@ -242,10 +255,13 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
                                   disable=len(sources) < 50):
     var = _get(abstract, path)
     target = var.get_value()
-    parts = [to_ours(read(k), cfg).astype(target.dtype) for k, to_ours, _ in keys]
-    host = np.stack(parts) if stacked else parts[0]
-    if host.shape != target.shape:  # the table and the model disagree: a bug, not bad input
-      raise AssertionError(f"{path}: converted shape {host.shape} != {target.shape}")
+    host = np.empty(target.shape, target.dtype)
+    for key, to_ours, _, layer, part in keys:
+      value = to_ours(read(key), cfg)
+      dest = _slot(host, layer, part)
+      if value.shape != dest.shape:  # the table and the model disagree: a bug, not bad input
+        raise AssertionError(f"{path} <- {key}: converted shape {value.shape} != {dest.shape}")
+      dest[...] = value
     sharding = (_get(shardings, path).get_value() if shardings is not None else
                 jax.sharding.SingleDeviceSharding(device))
     var.set_value(jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx]))
@@ -289,7 +305,7 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
   plan: list[list[int]] = [[]]
   size = 0
   for i, (_, keys, _) in enumerate(sources):
-    nbytes = sum(int(np.prod(hf_shapes[k])) for k, _, _ in keys) * np_dtype.itemsize
+    nbytes = sum(int(np.prod(hf_shapes[k[0]])) for k in keys) * np_dtype.itemsize
     if plan[-1] and size + nbytes > cap:
       plan.append([])
       size = 0
@@ -311,8 +327,8 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
       for i in members:
         path, keys, stacked = sources[i]
         host = _host_array(_get(state, path).get_value())
-        for j, (key, _, to_hf) in enumerate(keys):
-          w = np.ascontiguousarray(to_hf(host[j] if stacked else host, cfg).astype(np_dtype))
+        for key, _, to_hf, layer, part in keys:
+          w = np.ascontiguousarray(to_hf(_slot(host, layer, part), cfg).astype(np_dtype))
           tensors[key] = w
           weight_map[key] = name
           total += w.nbytes
