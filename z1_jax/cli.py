@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
+
 
 def _mesh(text: str | None):
   """`--mesh D,F,T` (data, fsdp, tensor; one may be -1) -> Mesh, or None for one device."""
@@ -61,7 +63,7 @@ def _packed(args):
   from z1_jax.data.tokenizer import load_tokenizer
   tokenizer = load_tokenizer(args.tokenizer)
   cfg = EncodeConfig(dataset=args.dataset or str(sample_dataset_path()), tokenizer=args.tokenizer,
-                     strip_think_tags=args.strip_think_tags,
+                     system_prompt=args.system_prompt, strip_think_tags=args.strip_think_tags,
                      columns=Columns(args.question_column, args.response_column),
                      on_bad_row=args.on_bad_row)
   encoded = encode_dataset(cfg, cache_dir=args.cache_dir, tokenizer=tokenizer)
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seq-len", type=int, default=8192)
     c.add_argument("--tokenizer", default=None, help="HF tokenizer dir or id (default: offline)")
     c.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
+    c.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                   help="system turn of the Qwen2.5 chat prompt (default: Qwen's own)")
     c.add_argument("--strip-think-tags", action="store_true")
     c.add_argument("--question-column", default="question")
     c.add_argument("--response-column", default="response")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from z1_jax.data.tokenizer import IM_END, IM_START
 
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 _THINK_TAGS = re.compile(r"</?think>\n?")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+from z1_jax.data.format import IM_END, IM_START
+
+ENDOFTEXT = "<|endoftext|>"
 
 
 def offline_tokenizer_dir() -> Path:
