@@ -7,6 +7,7 @@ import json
 import sys
 
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
+from z1_jax.data.sources import HUB_DATASET
 
 
 def _mesh(text: str | None):
@@ -143,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
   pack_rows.add_argument("--out", required=True, help="JSONL file to write")
   for c in (stats, pack_rows):
     c.add_argument("--dataset", default=None,
-                   help="JSONL/Parquet/Arrow file or directory, or hub id (default: the "
-                        "built-in sample)")
+                   help="JSONL/Parquet/Arrow file or directory, or a hub id such as "
+                        f"{HUB_DATASET} (default: the built-in sample)")
     c.add_argument("--seq-len", type=int, default=8192)
     c.add_argument("--tokenizer", default=None, help="HF tokenizer dir or id (default: offline)")
     c.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")

@@ -108,6 +108,3 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     devices = np.asarray(devices).reshape(shape)
   return Mesh(devices, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
-
-def single_device_rules() -> LogicalRules:
-  return LogicalRules(make_mesh(1, 1, 1, devices=jax.devices()[:1]))
