@@ -97,7 +97,8 @@ def cmd_data(args) -> int:
 def cmd_score(args) -> int:
   from z1_jax.eval.benchmarks import load_benchmark
   from z1_jax.eval.sandbox import Limits
-  from z1_jax.eval.score import Scorer, read_samples, write_jsonl
+  from z1_jax.data.sources import write_jsonl
+  from z1_jax.eval.score import Scorer, read_samples
   problems = load_benchmark(args.benchmark, path=args.data)
   samples = read_samples(args.samples)
   scorer = Scorer(problems, Limits(wall_s=args.timeout, cpu_s=max(int(args.timeout), 1)),

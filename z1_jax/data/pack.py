@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from z1_jax.data.encode import Encoded
+from z1_jax.data.sources import write_jsonl
 
 ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
@@ -137,16 +136,11 @@ def pack(encoded: Encoded, seq_len: int, pad_id: int, overlong: str = "truncate"
 
 def write_rows(packed: Packed, out: str | os.PathLike) -> Path:
   """Packed rows as JSONL (one row per line, with its example sources), written atomically."""
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
-  try:
-    with open(tmp, "w") as f:
-      for r, members in enumerate(packed.rows):
-        row = {k: v.tolist() for k, v in packed[r].items()}
-        row["examples"] = [packed.encoded.sources[i] for i in members]
-        f.write(json.dumps(row) + "\n")
-    os.replace(tmp, out)
-  finally:
-    tmp.unlink(missing_ok=True)
-  return out
+
+  def rows():
+    for r, members in enumerate(packed.rows):
+      row = {k: v.tolist() for k, v in packed[r].items()}
+      row["examples"] = [packed.encoded.sources[i] for i in members]
+      yield row
+
+  return write_jsonl(rows(), out)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 HUB_DATASET = "efficientscaling/Z1-Code-Reasoning-107K"
 SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
@@ -79,6 +80,21 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
       if not isinstance(record, dict):
         raise DataError(f"{path}: row {i}: expected a JSON object, got {type(record).__name__}")
       yield i, record
+
+
+def write_jsonl(rows: Iterable[dict], out: str | os.PathLike) -> Path:
+  """Rows as JSONL, written to a temporary file and renamed: never a half-written file."""
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
+  try:
+    with open(tmp, "w") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+    os.replace(tmp, out)
+  finally:
+    tmp.unlink(missing_ok=True)
+  return out
 
 
 def _table_records(path: Path, columns: Columns) -> Iterator[tuple[int, dict]]:

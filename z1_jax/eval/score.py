@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import json
 import os
-import uuid
 from math import comb
 from pathlib import Path
 
@@ -105,17 +103,3 @@ def summarize(results: list[dict]) -> dict:
     if k <= n:
       summary[f"pass@{k}"] = sum(pass_at_k(len(v), sum(v), k) for v in by_id.values()) / len(by_id)
   return summary
-
-
-def write_jsonl(rows: list[dict], out: str | os.PathLike) -> Path:
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
-  try:
-    with open(tmp, "w") as f:
-      for r in rows:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, out)
-  finally:
-    tmp.unlink(missing_ok=True)
-  return out
