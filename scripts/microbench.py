@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 import z1_jax.model.qwen2 as q2
-from z1_jax.bench import _median_time
+from z1_jax.bench.common import median_time as _median_time
 from z1_jax.model.config import get_preset
 
 L, E, F, H, K, D, V = 512, 896, 4864, 14, 2, 64, 151936

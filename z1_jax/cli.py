@@ -41,12 +41,15 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
-  from z1_jax.bench import bench_data, bench_forward, bench_score, print_rows
+  from z1_jax.bench.common import print_rows
   if args.what == "forward":
+    from z1_jax.bench.forward import bench_forward
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
   elif args.what == "data":
+    from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
   else:
+    from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
   print_rows(rows, args.json)
   return 0
@@ -115,6 +118,8 @@ def cmd_score(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="z1", description=__doc__)
+  p.add_argument("--debug", action="store_true",
+                 help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)
 
   demo = sub.add_parser("demo", help="CPU demo on built-in defaults (no downloads)")
@@ -198,12 +203,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
+  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback."""
+  import os
+  from z1_jax.errors import Z1Error
   args = build_parser().parse_args(argv)
+  debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
   try:
     return args.fn(args)
-  except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as e:
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f"z1 {args.command}: interrupted; the previous output, if any, is left as it was",
+          file=sys.stderr)
+    return 130
+  except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+          PermissionError, ValueError, KeyError) as e:
+    if debug:
+      raise
     print(f"z1 {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:  # noqa: BLE001 - the one place that turns crashes into a message
+    if debug:
+      raise
+    print(f"z1 {args.command}: unexpected {type(e).__name__}: {e}\n"
+          f"(rerun with --debug or Z1_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

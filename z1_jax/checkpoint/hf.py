@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from z1_jax.errors import Z1Error
 from z1_jax.model.config import Qwen2Config, from_hf_config, to_hf_config
 from z1_jax.model.qwen2 import Qwen2, abstract_model, state_shardings
 from z1_jax.model.sharding import LogicalRules
@@ -92,7 +93,7 @@ _GLOBAL_TABLE = [
 _IGNORED_KEYS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Z1Error):
   """A checkpoint that does not match the model: names the file, key and shapes."""
 
 

@@ -14,11 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from z1_jax.errors import Z1Error
+
 HUB_DATASET = "efficientscaling/Z1-Code-Reasoning-107K"
 SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
-class DataError(ValueError):
+class DataError(Z1Error):
   """Bad training data: the message names the file and row."""
 
 

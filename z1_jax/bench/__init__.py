@@ -1,0 +1,1 @@
+"""Speed benchmarks (`z1 bench ...`), one module per stage; see `common.py`."""

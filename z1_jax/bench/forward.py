@@ -1,0 +1,110 @@
+"""`z1 bench forward`: prefill tokens/s and one single-token decode step with a KV cache, for
+z1-jax and for HF transformers (PyTorch) on the same random weights, fp32, on this machine.
+Prefill is measured as inference uses it: the prompt fills a fresh KV cache and only the last
+position's logits are computed (`logits_to_keep=1` on the PyTorch side).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from z1_jax.bench.common import median_time
+from z1_jax.checkpoint.hf import load_hf
+from z1_jax.infer.decode import decode_step, prefill
+from z1_jax.model.config import get_preset, to_hf_config
+from z1_jax.model.qwen2 import init_cache
+
+
+def _z1_steps(model, tokens: np.ndarray, max_len: int):
+  """(prefill, decode) callables for z1-jax; decode advances one slot per call."""
+  graphdef, state = nnx.split(model)
+  b, l = tokens.shape
+  seg = np.ones_like(tokens)
+  pos = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
+
+  def run_prefill():
+    logits, cache = prefill(graphdef, state, tokens, seg, pos, init_cache(model.cfg, b, max_len))
+    logits.block_until_ready()
+    return logits, cache
+
+  logits, cache = run_prefill()  # compile
+  token = jnp.argmax(logits, -1).astype(jnp.int32)
+  slot = [l]
+
+  def one_step():
+    nonlocal cache
+    if slot[0] == max_len:  # wrap around: overwriting old slots keeps the work per step equal
+      slot[0] = l
+    logits, cache = decode_step(graphdef, state, token, jnp.full((b,), slot[0], jnp.int32),
+                                cache, slot[0])
+    logits.block_until_ready()
+    slot[0] += 1
+
+  one_step()  # compile
+  return run_prefill, one_step
+
+
+def _torch_steps(model, tokens: np.ndarray):
+  import torch
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+
+  def run_prefill():
+    with torch.inference_mode():
+      return model(ids, use_cache=True, logits_to_keep=1)
+
+  out = run_prefill()
+  cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+  def one_step():
+    with torch.inference_mode():
+      model(token, past_key_values=cache, use_cache=True)
+
+  one_step()
+  return run_prefill, one_step
+
+
+def bench_forward(preset: str = "qwen2.5-0.5b", batch: int = 1, seq_len: int = 512,
+                  repeats: int = 5, seed: int = 0) -> list[dict]:
+  """Returns one row per implementation (`impl`: z1-jax, hf-torch) plus the speed ratios.
+
+  This machine is shared and noisy, so the two implementations are measured in alternating
+  rounds (`repeats` rounds, each: prefill once and 4 decode steps per implementation) and the
+  medians are compared.
+  """
+  import torch
+  import transformers
+  cfg = get_preset(preset)
+  torch.manual_seed(seed)
+  hf_cfg = transformers.Qwen2Config(**{k: v for k, v in to_hf_config(cfg, "float32").items()
+                                      if k not in ("architectures", "model_type")})
+  hf_model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+  tokens = np.random.RandomState(seed).randint(0, cfg.vocab_size, (batch, seq_len)).astype(
+      np.int32)
+  with tempfile.TemporaryDirectory() as tmp:
+    hf_model.save_pretrained(tmp)
+    model = load_hf(tmp, dtype="float32")
+  impls = {"z1-jax": _z1_steps(model, tokens, seq_len + 32),
+           "hf-torch": _torch_steps(hf_model, tokens)}
+  times = {name: {"prefill": [], "decode": []} for name in impls}
+  for _ in range(repeats):
+    for name, (run_prefill, one_step) in impls.items():
+      times[name]["prefill"].append(median_time(run_prefill, 1))
+      times[name]["decode"].append(median_time(one_step, 4))
+  common = {"preset": preset, "batch": batch, "seq_len": seq_len, "dtype": "float32",
+            "backend": jax.default_backend(), "torch_threads": torch.get_num_threads(),
+            "rounds": repeats}
+  rows = [{"impl": name, **common,
+           "prefill_tokens_per_s": batch * seq_len / statistics.median(t["prefill"]),
+           "decode_step_ms": statistics.median(t["decode"]) * 1e3}
+          for name, t in times.items()]
+  z1, hf = rows
+  rows.append({"impl": "ratio z1-jax/hf-torch", **common,
+               "prefill_speedup": z1["prefill_tokens_per_s"] / hf["prefill_tokens_per_s"],
+               "decode_speedup": hf["decode_step_ms"] / z1["decode_step_ms"]})
+  return rows
