@@ -2,6 +2,7 @@
 
 import os
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # tests run on CPU even where libtpu is installed
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
