@@ -45,6 +45,9 @@ def cmd_bench(args) -> int:
   if args.what == "forward":
     from z1_jax.bench.forward import bench_forward
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "train":
+    from z1_jax.bench.train import bench_train
+    rows = bench_train(args.preset, args.batch, args.seq_len, args.repeats)
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
@@ -127,6 +130,7 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from z1_jax.cli_args import non_negative_int, positive_int
   p = argparse.ArgumentParser(prog="z1", description=__doc__)
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
@@ -177,7 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
     c.set_defaults(fn=cmd_data)
 
-  from z1_jax.cli_args import non_negative_int, positive_int
   tr = sub.add_parser("train", help="SFT on packed Z1 data (resumes when --out holds a run)",
                       description="Train from a TOML run config (configs/*.toml). Extra "
                       "arguments section.key=value override it, e.g. train.max_steps=10 "
@@ -219,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
   fwd.add_argument("--repeats", type=int, default=5)
   fwd.add_argument("--json", action="store_true", help="JSON lines output")
   fwd.set_defaults(fn=cmd_bench)
+  btr = bench_sub.add_parser("train", help="one train step (fwd, bwd, AdamW) vs HF PyTorch")
+  btr.add_argument("--preset", default="qwen2.5-0.5b", help="model shape (default %(default)s)")
+  btr.add_argument("--batch", type=positive_int, default=1, help="rows (default %(default)s)")
+  btr.add_argument("--seq-len", type=positive_int, default=512, help="(default %(default)s)")
+  btr.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation (default %(default)s)")
+  btr.add_argument("--json", action="store_true", help="JSON lines output")
+  btr.set_defaults(fn=cmd_bench)
   dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
   dat.add_argument("--examples", type=int, default=107_000, help="lengths to pack")
   dat.add_argument("--seq-len", type=int, default=8192)
