@@ -172,7 +172,6 @@ def test_sigkill_during_save_keeps_latest_readable(tmp_path, arith):
 def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   import torch
   import transformers
-  from z1_jax.checkpoint.hf import save_hf
   from z1_jax.checkpoint.orbax_io import load_params
   torch.manual_seed(0)
   hf_cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=32, intermediate_size=64,
@@ -185,7 +184,9 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
                                    "model.scan_layers": "true"})
   train(load_config(TINY, over), tmp_path / "run", make_mesh(2, 2, 2), False)
   model = load_params(tmp_path / "run", scan_layers=False)  # trained scanned, restored unrolled
-  save_hf(model, tmp_path / "export", dtype="float32")
+  from z1_jax.cli import main
+  assert main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "run" / "checkpoints" / "2"),
+               "--out", str(tmp_path / "export"), "--dtype", "float32"]) == 0  # a step dir
   hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "export").eval()
   tokens = np.random.RandomState(0).randint(0, 151936, (2, 24)).astype(np.int32)
   with torch.no_grad():
@@ -197,6 +198,23 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   with torch.no_grad():
     assert not np.allclose(orig(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy(), ref,
                            atol=1e-4)  # the fine-tune changed the weights
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, arith, capsys):
+  from z1_jax.checkpoint.orbax_io import read_config
+  from z1_jax.cli import main
+  run = tmp_path / "run"
+  over = arith_overrides(arith, **{"train.peak_lr": 1e30, "checkpoint.every_steps": 1,
+                                   "train.warmup_steps": 0, "mesh.data": 1})
+  env_devices = ["mesh.fsdp=8"]  # the tests' 8 CPU devices
+  assert main(["train", "--config", str(TINY), "--out", str(run), *over, *env_devices]) == 2
+  err = capsys.readouterr().err
+  assert "not finite" in err and "Last good checkpoint: step" in err and "Traceback" not in err
+  rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  bad_step = len(rows) + 1
+  assert all(np.isfinite(r["loss"]) for r in rows) and f"step {bad_step}:" in err
+  _, latest = read_config(run)
+  assert latest == bad_step - 1 >= 1  # the last good step, readable
 
 
 @pytest.mark.slow
