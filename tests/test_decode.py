@@ -160,3 +160,15 @@ def test_cache_write_past_the_end_is_an_error(tiny):
   cache = init_cache(model.cfg, 1, 8)
   with pytest.raises(ValueError, match=r"slots \[6, 9\) is outside the cache of 8 slots"):
     model(jnp.ones((1, 3), jnp.int32), cache=cache, cache_index=6)
+
+
+def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
+  import jax
+  from z1_jax.model.sharding import SERVING_RULES, LogicalRules, make_mesh
+  _, model, prompts = tiny
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  rules = LogicalRules(make_mesh(data=4, fsdp=1, tensor=2), SERVING_RULES)
+  sharded = z1_jax.load_hf(path, rules=rules)
+  assert len(sharded.layers[0].mlp.down[...].sharding.device_set) == 8
+  kw = dict(thinking_budget=12, answer_tokens=6, trigger_ids=TRIGGER, eos_ids=EOS)
+  assert generate(sharded, prompts, **kw) == generate(model, prompts, **kw)
