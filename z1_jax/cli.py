@@ -50,6 +50,10 @@ def cmd_bench(args) -> int:
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
+  elif args.what == "decode":
+    from z1_jax.bench.decode import bench_decode
+    rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
+                        args.budgets, args.answer_tokens)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -244,6 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
   dat.add_argument("--tokenize-examples", type=int, default=1000, help="texts to tokenize")
   dat.add_argument("--json", action="store_true", help="JSON lines output")
   dat.set_defaults(fn=cmd_bench)
+  dec = bench_sub.add_parser("decode", help="generate tokens/s vs HF transformers generate")
+  dec.add_argument("--preset", default="qwen2.5-0.5b", help="default qwen2.5-0.5b")
+  dec.add_argument("--batch", type=positive_int, default=1, help="default 1")
+  dec.add_argument("--prompt-len", type=positive_int, default=128, help="default 128")
+  dec.add_argument("--gen-len", type=positive_int, default=64, help="default 64")
+  dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default 3)")
+  dec.add_argument("--budgets", type=int_list, default=None,
+                   help="also time a sweep over these budgets, e.g. 64,128,256,512,1024 "
+                        "(default: no sweep)")
+  dec.add_argument("--answer-tokens", type=positive_int, default=32,
+                   help="answer allowance of the sweep (default 32)")
+  dec.add_argument("--json", action="store_true", help="JSON lines output")
+  dec.set_defaults(fn=cmd_bench)
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=int, default=None)
   scr.add_argument("--json", action="store_true", help="JSON lines output")
