@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
   1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback."""
   import os
   from z1_jax.errors import Z1Error
+  from z1_jax.topology import select_platform
   args = build_parser().parse_args(argv)
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
+  select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
     return args.fn(args)
   except KeyboardInterrupt:
