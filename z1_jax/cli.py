@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
-  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback."""
+  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback.
+  `argv=None` (the real command line) exits at once on Ctrl-C; a list returns 130 instead."""
   import os
   from z1_jax.errors import Z1Error
   args = build_parser().parse_args(argv)
@@ -253,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
       raise
     print(f"z1 {args.command}: interrupted; the previous output, if any, is left as it was",
           file=sys.stderr)
+    if argv is None:
+      # The real command line: exit now rather than wait for worker threads still running
+      # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(130)
     return 130
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError, ValueError, KeyError) as e:

@@ -136,6 +136,10 @@ class Z1Parser(argparse.ArgumentParser):
     kwargs.setdefault("formatter_class", Z1HelpFormatter)
     super().__init__(*args, **kwargs)
 
+  def error(self, message):
+    """One line naming the bad option, and where to look (not the whole usage block)."""
+    self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
   def parse_known_args(self, args=None, namespace=None):
     import sys
     args = list(sys.argv[1:] if args is None else args)

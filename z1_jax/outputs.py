@@ -13,9 +13,11 @@ directory, and locations that cannot be created or written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -103,6 +105,9 @@ def _check_not_input(out: Path, flag: str, inputs: Iterable[tuple[str, str | os.
     if _inside(p, out):
       what = "is" if p == out else "holds"
       raise Z1Error(f"{flag} {out} {what} the input {in_flag} {path}: choose another output")
+    if p.is_dir() and _inside(out, p):
+      raise Z1Error(f"{flag} {out} is inside the input {in_flag} {path}: choose an output "
+                    "outside it")
 
 
 def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = False,
@@ -163,8 +168,13 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool, is_pre
 
 
 def commit(tmp: Path, out: Path) -> None:
-  """Moves a finished temporary onto `out` (a file, or a directory replaced whole)."""
+  """Moves a finished temporary onto `out` (a file, or a directory replaced whole). A directory
+  is swapped in one atomic step where the OS allows it (Linux `renameat2`), else moved aside
+  for an instant (a kill in that instant is undone by the next `sweep_partials`)."""
   if out.is_dir() and not out.is_symlink():
+    if _exchange(tmp, out):  # tmp now holds the previous output
+      shutil.rmtree(tmp, ignore_errors=True)
+      return
     old = temp_sibling(out, kind=_OLD)
     os.replace(out, old)
     try:
@@ -175,6 +185,24 @@ def commit(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(tmp, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+  """Atomically swaps two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  if sys.platform != "linux":
+    return False
+  import ctypes
+  libc = ctypes.CDLL(None, use_errno=True)
+  renameat2 = getattr(libc, "renameat2", None)
+  if renameat2 is None:
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+    return False  # this file system cannot exchange
+  raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
