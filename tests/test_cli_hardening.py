@@ -116,6 +116,8 @@ BAD_INVOCATIONS = [
     # demo: never writes into a directory of other files, or over a file
     ("demo --out {hfA}", 2, "not a previous demo output"),
     ("demo --out {file}", 2, "is an existing file"),
+    ("demo --out {demo_prev}", 2, "pass --overwrite"),
+    ("data pack --seq-len 8 --out {new}.jsonl", 2, "no example fits"),
     # global
     ("nope", 2, "invalid choice"),
 ]
@@ -190,6 +192,9 @@ def world(tmp_path_factory, hf_checkpoint):
   w["samples"].write_text("".join(json.dumps({"task_id": p.id, "completion":
                                               p.tests["canonical_solution"]}) + "\n"
                                   for p in problems))
+  w["demo_prev"] = root / "demo"
+  for name in ("hf_a", "orbax"):
+    (w["demo_prev"] / name).mkdir(parents=True)
   w["verdicts"] = root / "verdicts.jsonl"
   w["verdicts"].write_text('{"previous": true}\n')
   w["rows"] = root / "rows.jsonl"
@@ -206,7 +211,8 @@ def test_bad_invocation(template, code, needle, world, capsys, monkeypatch):
   assert got == code, (got, out, err)
   assert needle in err, err
   assert "Traceback" not in err + out
-  assert len(err.strip().splitlines()) <= 2, err  # one message (and where to look)
+  lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # no bars
+  assert len(lines) <= 2 and sum("error" in line for line in lines) == 1, err  # one message
   assert tree_digest(world["world"]) == before
 
 
@@ -288,6 +294,9 @@ def _interrupt_cases(world, tmp):
   """name -> (previous output, argv that replaces it, check that the output is the new one)."""
   samples = world["samples"]
   return {
+      "hf-to-orbax-in-orbax": (world["ck"], ["convert", "hf-to-orbax", "--hf", str(world["hfB"]),
+                                             "--out", "{out}", "--overwrite"],
+                               lambda p: (p / "0").is_dir() and "48" in _orbax_hidden(p)),
       "hf-to-orbax": (world["ck"], ["convert", "hf-to-orbax", "--hf", str(world["hfB"]),
                                     "--out", "{out}", "--overwrite"],
                       lambda p: (p / "0").is_dir() and "48" in _orbax_hidden(p)),
@@ -331,7 +340,8 @@ def _run_paused(argv, pause_at, marker, sig, cwd):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-@pytest.mark.parametrize("case", ["hf-to-orbax", "orbax-to-hf", "data-pack", "score"])
+@pytest.mark.parametrize("case", ["hf-to-orbax", "hf-to-orbax-in-orbax", "orbax-to-hf",
+                                  "data-pack", "score"])
 def test_interrupted_write_keeps_previous_output(case, sig, world, tmp_path, capsys):
   previous, argv, is_new = _interrupt_cases(world, tmp_path)[case]
   work = tmp_path / "work"
@@ -341,7 +351,9 @@ def test_interrupted_write_keeps_previous_output(case, sig, world, tmp_path, cap
   (work / "neighbour.txt").write_text("keep me")
   before = tree_digest(work)
   argv = [a.replace("{out}", str(out)) for a in argv]
-  rc, _, err = _run_paused(argv, "z1_jax.outputs:commit", tmp_path / "paused", sig, work)
+  pause_at = ("orbax.checkpoint:CheckpointManager.wait_until_finished" if "in-orbax" in case
+              else "z1_jax.outputs:commit")  # Orbax still writing, or all written
+  rc, _, err = _run_paused(argv, pause_at, tmp_path / "paused", sig, work)
   if sig == signal.SIGINT:
     assert rc == 130, err
     assert "interrupted" in err and "Traceback" not in err

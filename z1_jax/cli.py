@@ -81,6 +81,10 @@ def cmd_data(args) -> int:
   }
   if args.action == "pack":
     from z1_jax.data.pack import write_rows
+    from z1_jax.errors import Z1Error
+    if len(packed) == 0:
+      raise Z1Error(f"--seq-len {args.seq_len}: no example fits ({packed.report.dropped} "
+                    f"dropped); nothing written to {args.out}")
     stats["wrote"] = str(write_rows(packed, args.out))
   print(json.dumps(stats, indent=2))
   return 0
@@ -239,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _exit_now(code: int) -> None:
+  import os
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
   1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback.
@@ -248,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
   try:
-    return args.fn(args)
+    code = args.fn(args)
   except KeyboardInterrupt:
     if debug:
       raise
@@ -257,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
       # The real command line: exit now rather than wait for worker threads still running
       # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(130)
+      _exit_now(130)
     return 130
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError, ValueError, KeyError) as e:
@@ -273,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"z1 {args.command}: unexpected {type(e).__name__}: {e}\n"
           f"(rerun with --debug or Z1_DEBUG=1 for the traceback)", file=sys.stderr)
     return 1
+  if argv is None:  # done: a Ctrl-C while Python shuts down exits quietly with this code
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
+  return code
 
 
 if __name__ == "__main__":
