@@ -54,6 +54,7 @@ BAD_INVOCATIONS = [
     ("convert orbax-to-hf --ckpt {ck} --out {ck}/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --dtype int8", 2, "--dtype"),
     ("convert orbax-to-hf --ckpt {hfA} --out {new}", 2, "hf-to-orbax"),
+    ("convert orbax-to-hf --ckpt {ck}/0 --out {new}", 2, "it is step 0 of one, pass"),
     ("convert orbax-to-hf --ckpt {file} --out {new}", 2, "--ckpt"),
     ("convert orbax-to-hf --ckpt nope --out {new}", 2, "not found"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --max-shard-size 0", 2, "--max-shard-size"),
@@ -275,6 +276,19 @@ def test_dataset_formats_users_have_on_disk(tmp_path, capsys):
                              str(tmp_path / name)], capsys)
     assert code == 0, err
     assert json.loads(out)["examples"] == n, name
+
+
+def test_corrupt_tokenization_cache_is_reported_and_rewritten(tmp_path, capsys):
+  argv = ["data", "stats", "--seq-len", "256", "--cache-dir", str(tmp_path / "cache")]
+  code, first, err = run_z1(argv, capsys)
+  assert code == 0, err
+  (cache,) = (tmp_path / "cache").iterdir()
+  cache.write_bytes(cache.read_bytes()[:100])  # damaged from outside (z1 writes atomically)
+  code, out, err = run_z1(argv, capsys)
+  assert code == 0 and "ignoring unreadable tokenization cache" in err
+  assert json.loads(out)["tokens"] == json.loads(first)["tokens"]
+  code, out, _ = run_z1(argv, capsys)
+  assert code == 0 and json.loads(out)["tokenized_from_cache"]
 
 
 def test_score_output_and_overwrite(world, tmp_path, capsys):

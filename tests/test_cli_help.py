@@ -98,3 +98,15 @@ def test_mesh_accepts_the_documented_forms():
   assert parse(base + ["--mesh=-1,4,2"]).mesh == want
   assert parse(base + ["--mesh", "data=-1,fsdp=4,tensor=2"]).mesh == want
   assert parse(base + ["--mesh", "tensor=2,data=-1"]).mesh == {"data": -1, "fsdp": 1, "tensor": 2}
+
+
+def test_error_hints_name_the_cli_flag_too():
+  """A library hint such as `pass overwrite=True` surfaces through the CLI: it must also name
+  the flag (`--overwrite`), in the same message."""
+  root = Path(__file__).parents[1] / "z1_jax"
+  offenders = []
+  for path in root.rglob("*.py"):
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+      if re.search(r"pass [a-z_]+=", line) and "--" not in line and not line.strip().startswith("#"):
+        offenders.append(f"{path.relative_to(root.parent)}:{n}: {line.strip()}")
+  assert not offenders, "\n".join(offenders)

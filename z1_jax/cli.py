@@ -126,7 +126,10 @@ def _presets() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
   """Every option has a `type=` validator from `cli_args` (bad values are refused before any
   work) and a help text that ends with its default (`Z1HelpFormatter`; a test checks)."""
-  p = Z1Parser(prog="z1", description=__doc__)
+  p = Z1Parser(prog="z1", description=__doc__,
+               epilog="exit codes: 0 done, 2 bad usage or input (one message naming the flag, "
+                      "file or row), 1 unexpected failure, 130 interrupted. `z1 COMMAND --help` "
+                      "lists a command's options with their defaults.")
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)

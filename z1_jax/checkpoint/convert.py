@@ -98,7 +98,9 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
     raise Z1Error(f"--ckpt {ckpt} is a file; pass the Orbax checkpoint directory")
   if ck.is_dir() and not any(_is_step(e) for e in ck.iterdir()):  # a run may hold more
     hint = (": it looks like a HF checkpoint, use `z1 convert hf-to-orbax` for it"
-            if (ck / "config.json").exists() else "")
+            if (ck / "config.json").exists() else
+            f": it is step {ck.name} of one, pass {ck.parent} (the latest step is used)"
+            if _is_step(ck) else "")
     raise Z1Error(f"--ckpt {ckpt} holds no Orbax checkpoint steps{hint}")
   if tokenizer is not None:
     tok = Path(tokenizer).expanduser()
