@@ -84,7 +84,7 @@ BAD_INVOCATIONS = [
     ("data stats --dataset {file}", 2, "unsupported file type"),
     ("data stats --dataset nope.jsonl", 2, "dataset not found"),
     ("data stats --dataset no-such-org/no-such-data", 2, "local"),
-    ("data stats --tokenizer nope", 2, "tokenizer directory not found"),
+    ("data stats --tokenizer nope", 2, "cannot load a tokenizer from 'nope': no such directory"),
     ("data stats --tokenizer {hfA}/config.json", 2, "is a file"),
     # score: numbers, outputs (checked before scoring), inputs
     ("score --benchmark humaneval --samples {samples} --timeout 0", 2, "--timeout"),
@@ -396,3 +396,31 @@ def test_ctrl_c_while_scoring_stops_promptly(world, tmp_path):
   assert time.monotonic() - start < 100  # not the 120 s the paused sample would take
   assert out.read_text() == '{"previous": true}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["paused", "v.jsonl"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+@pytest.mark.parametrize("argv", [["data", "pack", "--seq-len", "64", "--out", "{ro}/rows.jsonl"],
+                                  ["data", "stats", "--cache-dir", "{ro}/cache"],
+                                  ["score", "--benchmark", "humaneval", "--samples", "{samples}",
+                                   "--out", "{ro}/v.jsonl"]])
+def test_read_only_output_location(argv, world, tmp_path, capsys):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o555)
+  try:
+    code, _, err = run_z1([a.format(ro=ro, samples=world["samples"]) for a in argv], capsys)
+  finally:
+    ro.chmod(0o755)
+  assert code == 2 and "permission denied" in err and "Traceback" not in err
+  assert list(ro.iterdir()) == []
+
+
+def test_output_checks_refuse_unwritable_locations(tmp_path, monkeypatch):
+  """The same refusals as above, where the tests run as root: `os.access` says no."""
+  from z1_jax import outputs
+  from z1_jax.errors import Z1Error
+  monkeypatch.setattr(outputs.os, "access", lambda path, mode: False)
+  with pytest.raises(Z1Error, match="--out .*permission denied"):
+    outputs.check_output_file(tmp_path / "rows.jsonl", "--out")
+  with pytest.raises(Z1Error, match="--cache-dir .*not writable"):
+    outputs.check_dir(tmp_path, "--cache-dir")
