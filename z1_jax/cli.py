@@ -96,6 +96,10 @@ def cmd_data(args) -> int:
   }
   if args.action == "pack":
     from z1_jax.data.pack import write_rows
+    from z1_jax.errors import Z1Error
+    if len(packed) == 0:
+      raise Z1Error(f"--seq-len {args.seq_len}: no example fits ({packed.report.dropped} "
+                    f"dropped); nothing written to {args.out}")
     stats["wrote"] = str(write_rows(packed, args.out))
   print(json.dumps(stats, indent=2))
   return 0
@@ -142,7 +146,10 @@ def _presets() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
   """Every option has a `type=` validator from `cli_args` (bad values are refused before any
   work) and a help text that ends with its default (`Z1HelpFormatter`; a test checks)."""
-  p = Z1Parser(prog="z1", description=__doc__)
+  p = Z1Parser(prog="z1", description=__doc__,
+               epilog="exit codes: 0 done, 2 bad usage or input (one message naming the flag, "
+                      "file or row), 1 unexpected failure, 130 interrupted. `z1 COMMAND --help` "
+                      "lists a command's options with their defaults.")
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)
@@ -332,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _exit_now(code: int) -> None:
+  import os
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
   1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback.
@@ -343,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
   select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
-    return args.fn(args)
+    code = args.fn(args)
   except KeyboardInterrupt:
     if debug:
       raise
@@ -352,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
       # The real command line: exit now rather than wait for worker threads still running
       # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(130)
+      _exit_now(130)
     return 130
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError, ValueError, KeyError) as e:
@@ -368,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"z1 {args.command}: unexpected {type(e).__name__}: {e}\n"
           f"(rerun with --debug or Z1_DEBUG=1 for the traceback)", file=sys.stderr)
     return 1
+  if argv is None:  # done: a Ctrl-C while Python shuts down exits quietly with this code
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
+  return code
 
 
 if __name__ == "__main__":
