@@ -30,6 +30,9 @@ def cmd_bench(args) -> int:
   if args.what == "forward":
     from z1_jax.bench.forward import bench_forward
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "train":
+    from z1_jax.bench.train import bench_train
+    rows = bench_train(args.preset, args.batch, args.seq_len, args.repeats)
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
@@ -312,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
   fwd.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
   fwd.add_argument("--seq-len", type=positive_int, default=512, help="prompt tokens")
   fwd.add_argument("--repeats", type=positive_int, default=5, help="timed rounds")
+  btr = bench_sub.add_parser("train", help="one train step (fwd, bwd, AdamW) vs HF PyTorch")
+  btr.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model shape (random weights)")
+  btr.add_argument("--batch", type=positive_int, default=1, help="rows per step")
+  btr.add_argument("--seq-len", type=positive_int, default=512, help="tokens per row")
+  btr.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation")
   dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
   dat.add_argument("--examples", type=positive_int, default=107_000, help="lengths to pack")
   dat.add_argument("--seq-len", type=positive_int, default=8192,
@@ -333,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=positive_int, default=None,
                    help="parallel samples (default: the number of CPUs)")
-  for c in (fwd, dat, dec, scr):
+  for c in (fwd, btr, dat, dec, scr):
     c.add_argument("--json", action="store_true", help="JSON lines output")
     c.set_defaults(fn=cmd_bench)
   return p
