@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_out")
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Qwen2Config:
   # separate modules (no per-step weight slicing: faster decode, especially on CPU).
   scan_layers: bool = False
   remat_policy: str = "none"
+  # "auto" (best the platform has), "dense", "blockwise", "splash" (TPU), "cudnn" (NVIDIA GPU):
+  # see model/attention.py.
+  attention_impl: str = "auto"
   # Special ids (Qwen2.5 tokenizer). The pad id is also a real token: never build masks from it.
   bos_token_id: int = 151643
   eos_token_id: int = 151645
@@ -37,6 +41,9 @@ class Qwen2Config:
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
+                       f"{ATTENTION_IMPLS}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

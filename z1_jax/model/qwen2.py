@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from z1_jax.model import attention
 from z1_jax.model.config import Qwen2Config
 from z1_jax.model.sharding import LogicalRules
 
@@ -91,14 +92,26 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 CAUSAL_BLOCK = 128
 
 
-def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False) -> jax.Array:
+def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False,
+           impl: str = "dense", rules: LogicalRules | None = None) -> jax.Array:
   """Grouped-query attention; K/V are never repeated. q `[B, L, H, D]`, k/v `[B, K, S, D]`.
 
   A query sees a key iff both are in the same (non-zero) segment and the key's position is not
   after the query's. Rows with no visible key (padding) produce finite garbage, never NaN.
   `causal_blocks` (queries and keys are the same row, in order: packed rows, prefill) skips the
   key blocks after each query block, which are never visible: about 40% less work at L=512.
+  `impl` (`Qwen2Config.attention_impl`): dense (here), or blockwise / splash / cudnn / auto from
+  `model/attention.py`; splash runs under `shard_map` over `rules.mesh`.
   """
+  mesh = None if rules is None else rules.mesh
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  impl = attention.resolve_impl(impl, platform, causal_blocks, k.shape[2])
+  if impl == "blockwise":
+    return attention.blockwise_attention(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks)
+  if impl == "splash":
+    return attention.splash_attention(q, k, v, q_seg, mesh, rules, interpret=platform != "tpu")
+  if impl == "cudnn":
+    return attention.cudnn_attention(q, k, v, q_seg)
   l, s = q.shape[1], k.shape[2]
   c = CAUSAL_BLOCK
   if causal_blocks and l == s and l > c and l % c == 0:
@@ -151,6 +164,7 @@ class Attention(nnx.Module):
     self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), pd, "zeros", stack)
     self.v_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), pd, "zeros", stack)
     self.o_proj = _param(rngs, (h, d, e), ("q_heads", "head_dim", "embed"), pd, stack=stack)
+    self.attention_impl = cfg.attention_impl  # static: see model/attention.py
 
   def __call__(self, x, segment_ids, positions, rope, kv, rules: LogicalRules | None):
     """kv: None (attend within `x`) or (k_cache, v_cache, cache_seg, cache_pos, index, fresh).
@@ -177,10 +191,11 @@ class Attention(nnx.Module):
       v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 2)
       new_kv = (k_cache, v_cache)
     if self_only:
-      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True)
+      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True,
+                   impl=self.attention_impl, rules=rules)
     else:
       out = attend(q, k_cache.astype(dt), v_cache.astype(dt), segment_ids, positions, kv_seg,
-                   kv_pos)
+                   kv_pos, impl=self.attention_impl, rules=rules)
     out = checkpoint_name(out, "attn_out")
     # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) directly makes XLA copy it.
     o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
