@@ -266,7 +266,7 @@ class Qwen2(nnx.Module):
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None, cache: KVCache | None = None,
                cache_index: jax.Array | int = 0, last_only: bool = False,
-               prefill: bool = False):
+               prefill: bool = False, return_hidden: bool = False):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
     With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1` (the
@@ -275,7 +275,9 @@ class Qwen2(nnx.Module):
     themselves (the fast path). A Python int `cache_index` is checked against the cache length
     here; a traced one cannot be (`dynamic_update_slice` would clamp it and overwrite the last
     slots), so callers check every write index on the host first (`infer.loop` does).
-    `last_only` computes logits for the final position only (`[B, 1, V]`).
+    `last_only` computes logits for the final position only (`[B, 1, V]`). `return_hidden`
+    (no cache) returns the final normed hidden states `[B, L, E]` instead of logits, for a loss
+    that applies `head_weight()` itself chunk by chunk (`model/loss.py`).
     """
     cfg, rules = self.cfg, self.rules
     b, l = tokens.shape
@@ -328,17 +330,22 @@ class Qwen2(nnx.Module):
       new_k, new_v = tuple(new_k), tuple(new_v)
 
     x = self.final_norm(x)
+    if return_hidden and cache is None:
+      return x
     if last_only:
       x = x[:, -1:]
-    head = self.embed if cfg.tie_word_embeddings else self.lm_head
+    head = self.head_weight()
     # Contract on the shared hidden axis of the [V, E] table: no transposed copy of it.
-    logits = jnp.einsum("ble,ve->blv", x, head[...].astype(dt),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum("ble,ve->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
     if rules is not None:
       logits = rules.constrain(logits, ("batch", "seq", "act_vocab"))
     if cache is None:
       return logits
     return logits, KVCache(new_k, new_v, kv_seg, kv_pos)
+
+  def head_weight(self) -> jax.Array:
+    """The LM head's `[V, E]` table (the embedding when tied)."""
+    return (self.embed if self.cfg.tie_word_embeddings else self.lm_head)[...]
 
 
 def _is_var(x) -> bool:
