@@ -359,8 +359,10 @@ def abstract_model(cfg: Qwen2Config, rules: LogicalRules | None = None) -> Qwen2
 
 def state_shardings(state: nnx.State, rules: LogicalRules) -> nnx.State:
   """The target `NamedSharding` of every parameter, from its logical axes."""
-  return jax.tree.map(lambda v: v.replace(rules.sharding(v.axes, v.get_value().shape)), state,
-                      is_leaf=_is_var)
+  def one(path, v):
+    name = "parameter " + ".".join(str(getattr(k, "key", k)) for k in path)
+    return v.replace(rules.sharding(v.axes, v.get_value().shape, name))
+  return jax.tree.map_with_path(one, state, is_leaf=_is_var)
 
 
 def create_model(cfg: Qwen2Config, rules: LogicalRules | None = None, seed: int = 0) -> Qwen2:
