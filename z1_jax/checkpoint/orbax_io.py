@@ -21,7 +21,7 @@ from z1_jax.model.qwen2 import Qwen2, abstract_model, state_shardings
 from z1_jax.model.sharding import LogicalRules
 
 # Fields that describe how to run the model on this machine, not what the weights are.
-_RUNTIME_FIELDS = ("dtype", "remat_policy")
+_RUNTIME_FIELDS = ("dtype", "remat_policy", "attention_impl")
 
 
 def _manager(ckpt_dir: str | os.PathLike, create: bool) -> ocp.CheckpointManager:

@@ -20,6 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from z1_jax.model import attention
 from z1_jax.model.config import Qwen2Config
+from z1_jax.model.remat import remat
 from z1_jax.model.sharding import LogicalRules
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -181,6 +182,8 @@ class Attention(nnx.Module):
       q = rules.constrain(q, ("batch", "seq", "act_heads", "head_dim"))
       k = rules.constrain(k, ("batch", "seq", "act_kv_heads", "head_dim"))
       v = rules.constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
+    # Named for remat policies (model/remat.py).
+    q, k, v = checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, D]
     self_only = kv is None or kv[5]
     if kv is None:
@@ -199,7 +202,7 @@ class Attention(nnx.Module):
     out = checkpoint_name(out, "attn_out")
     # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) directly makes XLA copy it.
     o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
-    return out.reshape(*out.shape[:2], -1) @ o_proj, new_kv
+    return checkpoint_name(out.reshape(*out.shape[:2], -1) @ o_proj, "attn_proj"), new_kv
 
 
 class MLP(nnx.Module):
@@ -216,7 +219,8 @@ class MLP(nnx.Module):
     h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
     if rules is not None:
       h = rules.constrain(h, ("batch", "seq", "act_mlp"))
-    return h @ self.down[...].astype(dt)
+    h = checkpoint_name(h, "mlp_hidden")
+    return checkpoint_name(h @ self.down[...].astype(dt), "mlp_out")
 
 
 class DecoderLayer(nnx.Module):
@@ -234,17 +238,6 @@ class DecoderLayer(nnx.Module):
     if rules is not None:
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
     return x, new_kv
-
-
-def _remat(fn, policy: str):
-  if policy == "none":
-    return fn
-  policies = {
-      "full": jax.checkpoint_policies.nothing_saveable,
-      "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-      "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
-  }
-  return jax.checkpoint(fn, policy=policies[policy])
 
 
 class Qwen2(nnx.Module):
@@ -290,6 +283,7 @@ class Qwen2(nnx.Module):
     if rules is not None:
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
+    platform = rules.mesh.devices.flat[0].platform if rules is not None else jax.default_backend()
 
     if cache is not None:
       fresh = prefill
@@ -305,7 +299,7 @@ class Qwen2(nnx.Module):
       def run(layer_state, x, kv_pair):
         kv = None if kv_pair is None else (*kv_pair, kv_seg, kv_pos, index, fresh)
         return nnx.merge(graphdef, layer_state)(x, segment_ids, positions, rope, kv, rules)
-      return _remat(run, cfg.remat_policy)
+      return remat(run, cfg.remat_policy, platform)
 
     if cfg.scan_layers:
       graphdef, stacked = nnx.split(self.layers)
