@@ -31,7 +31,7 @@ def token_losses(hidden: jax.Array, head: jax.Array, targets: jax.Array,
 def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
                           loss_mask: jax.Array, chunk: int = CHUNK,
                           rules: LogicalRules | None = None) -> tuple[jax.Array, jax.Array]:
-  """(sum of masked token losses, number of masked tokens), both fp32 scalars.
+  """(sum of masked token losses as fp32, number of masked tokens as int32).
 
   hidden `[B, L, E]` (final normed states, `model(..., return_hidden=True)`), head `[V, E]`
   (`model.head_weight()`), targets int `[B, L]`, loss_mask `[B, L]` (bool or 0/1). L need not
@@ -61,4 +61,4 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
 
   total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
                           (split(hidden), split(targets), split(mask)))
-  return total, jnp.sum(mask)
+  return total, jnp.sum(loss_mask != 0).astype(jnp.int32)
