@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from z1_jax.cli_args import positive_float, positive_int
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
@@ -98,20 +99,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_score(args) -> int:
-  from z1_jax.eval.benchmarks import load_benchmark
-  from z1_jax.eval.sandbox import Limits
-  from z1_jax.data.sources import write_jsonl
-  from z1_jax.eval.score import Scorer, read_samples
-  problems = load_benchmark(args.benchmark, path=args.data)
-  samples = read_samples(args.samples)
-  scorer = Scorer(problems, Limits(wall_s=args.timeout, cpu_s=max(int(args.timeout), 1)),
-                  workers=args.workers, allow_unsandboxed=args.allow_unsandboxed)
-  try:
-    rows, summary = scorer.score(samples, source=args.samples)
-  finally:
-    scorer.close()
-  if args.out:
-    write_jsonl(rows, args.out)
+  from z1_jax.eval.score import score_file
+  summary = score_file(args.benchmark, args.samples, out=args.out, data=args.data,
+                       workers=args.workers, timeout=args.timeout,
+                       allow_unsandboxed=args.allow_unsandboxed,
+                       sandbox_python=args.sandbox_python, overwrite=args.overwrite)
   print(json.dumps({"benchmark": args.benchmark, **summary}, indent=2))
   return 0
 
@@ -172,12 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
                      "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
   score.add_argument("--samples", required=True,
                      help="JSONL rows with the benchmark's id field and 'completion'")
-  score.add_argument("--out", default=None, help="JSONL verdicts, one per input row, in order")
+  score.add_argument("--out", default=None,
+                     help="JSONL: each input row (all its fields) with passed, error and "
+                          "extracted added, in input order (default: summary only)")
+  score.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   score.add_argument("--data", default=None, help="local benchmark file instead of the hub")
-  score.add_argument("--workers", type=int, default=None, help="parallel samples (default: CPUs)")
-  score.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
+  score.add_argument("--workers", type=positive_int, default=None,
+                     help="parallel samples (default: CPUs)")
+  score.add_argument("--timeout", type=positive_float, default=None,
+                     help="seconds per program run (default: the benchmark's own: humaneval 10, "
+                          "livecodebench 30, bigcodebench-hard 240, see eval/score.py)")
   score.add_argument("--allow-unsandboxed", action="store_true",
                      help="run model code without bubblewrap (limits only): unsafe")
+  score.add_argument("--sandbox-python", default=None,
+                     help="interpreter that runs the programs (default: the system python3); "
+                          "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
   score.set_defaults(fn=cmd_score)
 
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
