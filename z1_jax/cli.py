@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from z1_jax.cli_args import positive_float, positive_int
+from z1_jax.cli_args import (float_dtype, int_list, non_negative_float, positive_float,
+                             positive_int)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
@@ -108,6 +109,16 @@ def cmd_score(args) -> int:
   return 0
 
 
+def cmd_sweep(args) -> int:
+  from z1_jax.eval.sweep import run_from_args
+  _mesh(args.mesh)  # a bad --mesh fails before anything loads
+  summary = run_from_args(args, mesh=lambda: _mesh(args.mesh))
+  print(json.dumps({"out": args.out, "accuracy": {
+      name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
+      for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="z1", description=__doc__)
   p.add_argument("--debug", action="store_true",
@@ -180,6 +191,59 @@ def build_parser() -> argparse.ArgumentParser:
                      help="interpreter that runs the programs (default: the system python3); "
                           "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
   score.set_defaults(fn=cmd_score)
+
+  swp = sub.add_parser("sweep", help="accuracy against thinking budget on benchmarks: "
+                       "samples.jsonl, summary.json/.md, sweep.png (resumable)")
+  src = swp.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf", default=None, help="HF checkpoint directory")
+  src.add_argument("--ckpt", default=None, help="Orbax checkpoint directory")
+  swp.add_argument("--benchmark", required=True,
+                   help="NAME[,NAME...] of humaneval, aime2024, aime2025, math500-mmath, "
+                        "math500, gpqa-diamond, livecodebench, bigcodebench-hard")
+  swp.add_argument("--budgets", type=int_list, required=True,
+                   help="increasing thinking budgets, e.g. 512,1024,2048,4096")
+  swp.add_argument("--answer-tokens", type=positive_int, default=1024,
+                   help="tokens allowed after the trigger (default 1024)")
+  swp.add_argument("--mode", choices=("z1", "s1"), default="z1",
+                   help="Shifted Thinking Window (z1) or s1 budget forcing (default z1)")
+  swp.add_argument("--placement", choices=("replace", "append"), default=None,
+                   help="trigger inside the window's last tokens or after it (default: replace "
+                        "for z1, append for s1)")
+  swp.add_argument("--limit", type=positive_int, default=None,
+                   help="first N problems of each benchmark (default: all)")
+  swp.add_argument("--samples-per-problem", type=positive_int, default=1,
+                   help="samples per problem (default 1; > 1 needs --temperature)")
+  swp.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 = greedy, the paper's setting (default 0)")
+  swp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+  swp.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR mesh (default: one device)")
+  swp.add_argument("--batch-size", type=positive_int, default=None,
+                   help="problems decoded together (default 64)")
+  swp.add_argument("--dtype", type=float_dtype, default=None,
+                   help="weights and compute dtype for --hf (default float32)")
+  swp.add_argument("--tokenizer", default=None,
+                   help="tokenizer dir (default: --hf's own, else the offline Qwen2.5 one)")
+  swp.add_argument("--data", default=None,
+                   help="local benchmark file(s) instead of the hub: FILE for one benchmark, "
+                        "or NAME=FILE[,NAME=FILE...] (default: none)")
+  swp.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                   help="system turn of the prompt (default: Qwen's own)")
+  swp.add_argument("--instruction", default=None,
+                   help="text after each problem (default: Z1's per family, e.g. 'Please reason "
+                        "step by step.' for code)")
+  swp.add_argument("--reference", default=None,
+                   help="JSON points to plot beside the run, e.g. "
+                        "configs/paper_reference_points.json (default: none)")
+  swp.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel scoring runs (default: CPUs)")
+  swp.add_argument("--allow-unsandboxed", action="store_true",
+                   help="run model code without bubblewrap (limits only): unsafe")
+  swp.add_argument("--sandbox-python", default=None,
+                   help="interpreter that runs programs (default: system python3)")
+  swp.add_argument("--no-progress", action="store_true", help="no progress bars")
+  swp.add_argument("--out", required=True,
+                   help="directory for the outputs; rerun with the same config to resume")
+  swp.set_defaults(fn=cmd_sweep)
 
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
   bench_sub = bench.add_subparsers(dest="what", required=True)

@@ -31,6 +31,16 @@ def positive_float(text: str) -> float:
   return value
 
 
+def non_negative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+  if not value >= 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+  return value
+
+
 def float_dtype(text: str) -> str:
   """Weight dtypes: only floating types can hold weights."""
   allowed = ("float32", "bfloat16", "float16")
