@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from z1_jax.cli_args import (float_dtype, int_list, non_negative_float, positive_float,
-                             positive_int)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
@@ -170,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
     c.set_defaults(fn=cmd_data)
 
+  from z1_jax import cli_args as v
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, help="humaneval, aime2024, aime2025, "
                      "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
@@ -180,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "extracted added, in input order (default: summary only)")
   score.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   score.add_argument("--data", default=None, help="local benchmark file instead of the hub")
-  score.add_argument("--workers", type=positive_int, default=None,
+  score.add_argument("--workers", type=v.positive_int, default=None,
                      help="parallel samples (default: CPUs)")
-  score.add_argument("--timeout", type=positive_float, default=None,
+  score.add_argument("--timeout", type=v.positive_float, default=None,
                      help="seconds per program run (default: the benchmark's own: humaneval 10, "
                           "livecodebench 30, bigcodebench-hard 240, see eval/score.py)")
   score.add_argument("--allow-unsandboxed", action="store_true",
@@ -200,26 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
   swp.add_argument("--benchmark", required=True,
                    help="NAME[,NAME...] of humaneval, aime2024, aime2025, math500-mmath, "
                         "math500, gpqa-diamond, livecodebench, bigcodebench-hard")
-  swp.add_argument("--budgets", type=int_list, required=True,
+  swp.add_argument("--budgets", type=v.int_list, required=True,
                    help="increasing thinking budgets, e.g. 512,1024,2048,4096")
-  swp.add_argument("--answer-tokens", type=positive_int, default=1024,
+  swp.add_argument("--answer-tokens", type=v.positive_int, default=1024,
                    help="tokens allowed after the trigger (default 1024)")
   swp.add_argument("--mode", choices=("z1", "s1"), default="z1",
                    help="Shifted Thinking Window (z1) or s1 budget forcing (default z1)")
   swp.add_argument("--placement", choices=("replace", "append"), default=None,
                    help="trigger inside the window's last tokens or after it (default: replace "
                         "for z1, append for s1)")
-  swp.add_argument("--limit", type=positive_int, default=None,
+  swp.add_argument("--limit", type=v.positive_int, default=None,
                    help="first N problems of each benchmark (default: all)")
-  swp.add_argument("--samples-per-problem", type=positive_int, default=1,
+  swp.add_argument("--samples-per-problem", type=v.positive_int, default=1,
                    help="samples per problem (default 1; > 1 needs --temperature)")
-  swp.add_argument("--temperature", type=non_negative_float, default=0.0,
+  swp.add_argument("--temperature", type=v.non_negative_float, default=0.0,
                    help="0 = greedy, the paper's setting (default 0)")
   swp.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
   swp.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR mesh (default: one device)")
-  swp.add_argument("--batch-size", type=positive_int, default=None,
+  swp.add_argument("--batch-size", type=v.positive_int, default=None,
                    help="problems decoded together (default 64)")
-  swp.add_argument("--dtype", type=float_dtype, default=None,
+  swp.add_argument("--dtype", type=v.float_dtype, default=None,
                    help="weights and compute dtype for --hf (default float32)")
   swp.add_argument("--tokenizer", default=None,
                    help="tokenizer dir (default: --hf's own, else the offline Qwen2.5 one)")
@@ -234,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
   swp.add_argument("--reference", default=None,
                    help="JSON points to plot beside the run, e.g. "
                         "configs/paper_reference_points.json (default: none)")
-  swp.add_argument("--workers", type=positive_int, default=None,
+  swp.add_argument("--workers", type=v.positive_int, default=None,
                    help="parallel scoring runs (default: CPUs)")
   swp.add_argument("--allow-unsandboxed", action="store_true",
                    help="run model code without bubblewrap (limits only): unsafe")
