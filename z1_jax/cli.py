@@ -168,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
     c.set_defaults(fn=cmd_data)
 
-  from z1_jax import cli_args as v
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, help="humaneval, aime2024, aime2025, "
                      "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
@@ -179,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "extracted added, in input order (default: summary only)")
   score.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   score.add_argument("--data", default=None, help="local benchmark file instead of the hub")
+  from z1_jax import cli_args as v
   score.add_argument("--workers", type=v.positive_int, default=None,
                      help="parallel samples (default: CPUs)")
   score.add_argument("--timeout", type=v.positive_float, default=None,
