@@ -272,16 +272,17 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
   writer = _is_writer()
   units = [Unit(i, p, s) for i, (p, s) in enumerate(
       (p, s) for p in problems for s in range(cfg.samples_per_problem))]
+  if tokenizer is None:
+    from z1_jax.data.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer()
+  _check_budgets(cfg, tokenizer)
   scorer = journal = None
-  if writer:
-    out = prepare_out(out, cfg)
+  if writer:  # the sandbox (and a BigCodeBench library check) before anything is written
     scorer = Scorer(problems, workers=workers, allow_unsandboxed=allow_unsandboxed,
                     sandbox_python=sandbox_python)
   try:
-    if tokenizer is None:
-      from z1_jax.data.tokenizer import load_tokenizer
-      tokenizer = load_tokenizer()
-    _check_budgets(cfg, tokenizer)
+    if writer:
+      out = prepare_out(out, cfg)
     if model is None:
       model = load_model()
     if decode is None:
@@ -307,7 +308,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
       by_budget = decode(model, prompts, budgets=list(cfg.budgets),
                          answer_tokens=cfg.answer_tokens, mode=cfg.mode,
                          placement=cfg.placement, temperature=cfg.temperature, seed=cfg.seed,
-                         tokenizer=tokenizer, batch_size=min(chunk, len(batch)),
+                         tokenizer=tokenizer, batch_size=chunk,
                          row_ids=[u.index for u in batch])
       decode_bar.update(len(batch))
       if not writer:
