@@ -49,6 +49,14 @@ def _args(hf, aime, out, *extra):
           "--out", str(out), *extra]
 
 
+def _exit_code(argv):
+  """main's return code, or argparse's exit code for a value refused while parsing."""
+  try:
+    return main(argv)
+  except SystemExit as e:
+    return e.code
+
+
 def _files(out):
   return {name: (Path(out) / name).read_bytes() for name in ARTIFACTS}
 
@@ -174,7 +182,7 @@ def test_bad_input_is_refused_before_work(change, culprit, tiny_hf, aime5, tmp_p
     argv[argv.index(flag) + 1] = value
   else:
     argv[1:1] = [flag, value]
-  assert main(argv) == 2
+  assert _exit_code(argv) == 2
   err = capsys.readouterr().err
   assert culprit in err and "Traceback" not in err
   assert not (tmp_path / "out" / "samples.jsonl").exists()
