@@ -171,7 +171,7 @@ def test_out_with_a_different_config_is_refused(swept, tiny_hf, aime5, capsys):
     (("--budgets", "32,16"), "--budgets 32,16"),
     (("--budgets", "8,16"), "--budgets 8: a budget must exceed the answer trigger's 12 tokens"),
     (("--answer-tokens", "0"), "argument --answer-tokens: '0': expected an integer > 0"),
-    (("--data", "gpqa-diamond=x.csv"), "--data gpqa-diamond=x.csv: gpqa-diamond is not among"),
+    (("--data", "gpqa-diamond=x.csv"), "gpqa-diamond is not among --benchmark"),
     (("--samples-per-problem", "4"), "--temperature > 0"),
     (("--reference", "/nonexistent.json"), "--reference /nonexistent.json: file not found"),
 ])
