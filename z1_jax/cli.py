@@ -54,6 +54,10 @@ def cmd_bench(args) -> int:
     from z1_jax.bench.decode import bench_decode
     rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
                         args.budgets, args.answer_tokens)
+  elif args.what == "sweep":
+    from z1_jax.bench.sweep import bench_sweep
+    rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
+                       args.workers)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -329,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
   scr.add_argument("--workers", type=int, default=None)
   scr.add_argument("--json", action="store_true", help="JSON lines output")
   scr.set_defaults(fn=cmd_bench)
+  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs one decode per "
+                             "budget and one decode at the largest budget (tiny model)")
+  bsw.add_argument("--problems", type=v.positive_int, default=64,
+                   help="HumanEval problems (default 64)")
+  bsw.add_argument("--budgets", type=v.int_list, default=[32, 64, 128, 256],
+                   help="thinking budgets (default 32,64,128,256)")
+  bsw.add_argument("--answer-tokens", type=v.positive_int, default=32, help="default 32")
+  bsw.add_argument("--batch-size", type=v.positive_int, default=16,
+                   help="problems per decode batch (default 16)")
+  bsw.add_argument("--workers", type=v.positive_int, default=None,
+                   help="scoring workers (default: CPUs)")
+  bsw.add_argument("--json", action="store_true", help="JSON lines output")
+  bsw.set_defaults(fn=cmd_bench)
   return p
 
 

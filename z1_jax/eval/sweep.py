@@ -214,6 +214,8 @@ class Journal:
     with self._lock:
       if self._closed:  # a verdict that arrived after an interrupt: the resume redoes it
         return
+      if self.key(row) in self.rows:  # recorded by the scorer's callback already
+        return
       self._file.write(json.dumps(row) + "\n")
       self._file.flush()
       self.rows[self.key(row)] = row
@@ -296,7 +298,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
     done = _broadcast_done(done)
     pending = [u for u, d in zip(units, done) if not d]
     chunk = batch_size or 64
-    futures: list[cf.Future] = []
+    futures: list[tuple[dict, cf.Future]] = []
     decode_bar = tqdm(total=len(units), initial=len(units) - len(pending), desc="decode",
                       unit="problem", disable=not progress or not writer)
     score_bar = tqdm(total=len(pending) * len(cfg.budgets), desc="score", unit="row",
@@ -318,9 +320,9 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
           row = make_row(u, budget, g, tokenizer)
           fut = scorer.submit(u.problem.id, row["graded"])
           fut.add_done_callback(_recorder(row, journal, score_bar))
-          futures.append(fut)
-    for fut in futures:  # scoring overlapped the decoding above; wait for what is left
-      fut.result()
+          futures.append((row, fut))
+    for row, fut in futures:  # scoring overlapped the decoding above; wait for what is left
+      journal.add({**row, **fut.result()})  # (a future's callbacks may still be running)
     decode_bar.close()
     score_bar.close()
     if not writer:
