@@ -22,6 +22,10 @@ def test_wilson_matches_known_values():
   assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
   assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
   assert wilson(0, 0) == (0.0, 1.0)
+  for n in range(1, 200):  # the point estimate lies inside, even with rounding
+    for k in (0, 1, n // 2, n - 1, n):
+      low, high = wilson(k, n)
+      assert low <= k / n <= high
 
 
 def test_write_report_summary_markdown_and_png(tmp_path):

@@ -27,7 +27,7 @@ def wilson(passed: int, n: int, z: float = Z95) -> tuple[float, float]:
   p = passed / n
   centre = (p + z * z / (2 * n)) / (1 + z * z / n)
   half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-  return max(0.0, centre - half), min(1.0, centre + half)
+  return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # p inside, exactly
 
 
 def summarize(rows: Iterable[dict]) -> dict[str, list[dict]]:
@@ -125,8 +125,8 @@ def plot(summary: dict, path: str | os.PathLike, reference: list[dict] | None = 
     ys = [100 * e["accuracy"] for e in entries]
     kw = {}
     if entries and "ci_low" in entries[0]:
-      kw["yerr"] = [[y - 100 * e["ci_low"] for y, e in zip(ys, entries)],
-                    [100 * e["ci_high"] - y for y, e in zip(ys, entries)]]
+      kw["yerr"] = [[max(0.0, y - 100 * e["ci_low"]) for y, e in zip(ys, entries)],
+                    [max(0.0, 100 * e["ci_high"] - y) for y, e in zip(ys, entries)]]
     ax.errorbar(xs, ys, marker="o", capsize=3, label=summary.get("model") or "this run", **kw)
     for x, y, e in zip(xs, ys, entries):
       ax.annotate(str(e["budget"]), (x, y), textcoords="offset points", xytext=(4, 4),
