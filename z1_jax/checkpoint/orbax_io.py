@@ -27,7 +27,7 @@ from z1_jax.model.sharding import LogicalRules
 
 # Fields that describe how to run the model on this machine, not what the weights are.
 # `scan_layers` is a layout: parameters are stacked or unstacked on restore.
-_RUNTIME_FIELDS = ("dtype", "remat_policy", "scan_layers")
+_RUNTIME_FIELDS = ("dtype", "remat_policy", "scan_layers", "attention_impl")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
