@@ -199,7 +199,7 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   assert main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "run" / "checkpoints" / "2"),
                "--out", str(tmp_path / "export"), "--dtype", "float32"]) == 0  # a step dir
   hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "export").eval()
-  tokens = np.random.RandomState(0).randint(0, 151936, (2, 24)).astype(np.int32)
+  tokens = np.random.RandomState(0).randint(0, 151936, (4, 24)).astype(np.int32)
   with torch.no_grad():
     ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(np.asarray(model(tokens)), ref, rtol=1e-4, atol=1e-4)

@@ -92,15 +92,15 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
                 max_shard_size: int | str = "5GB", mesh_shape=None,
                 overwrite: bool = False) -> dict:
   from z1_jax.checkpoint.hf import save_hf
-  from z1_jax.checkpoint.orbax_io import load_params, read_config
+  from z1_jax.checkpoint.orbax_io import load_params, read_config, resolve_checkpoint
   ck = Path(ckpt).expanduser()
   if ck.exists() and not ck.is_dir():
     raise Z1Error(f"--ckpt {ckpt} is a file; pass the Orbax checkpoint directory")
-  if ck.is_dir() and not any(_is_step(e) for e in ck.iterdir()):  # a run may hold more
+  # a manager root, a `z1 train` run directory or one step directory (orbax_io)
+  root = resolve_checkpoint(ck)[0] if ck.is_dir() else ck
+  if ck.is_dir() and not any(_is_step(e) for e in root.iterdir()):  # a run may hold more
     hint = (": it looks like a HF checkpoint, use `z1 convert hf-to-orbax` for it"
-            if (ck / "config.json").exists() else
-            f": it is step {ck.name} of one, pass {ck.parent} (the latest step is used)"
-            if _is_step(ck) else "")
+            if (ck / "config.json").exists() else "")
     raise Z1Error(f"--ckpt {ckpt} holds no Orbax checkpoint steps{hint}")
   if tokenizer is not None:
     tok = Path(tokenizer).expanduser()
