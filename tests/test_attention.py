@@ -111,7 +111,7 @@ def test_model_loss_and_grads_match_dense():
                           head_dim=32, num_layers=1)
   seg, pos = packed([[0, 70, 128], [0, 128]], 128)
   tokens = jnp.asarray(np.random.RandomState(3).randint(0, 512, (2, 128)), jnp.int32)
-  rules = LogicalRules(make_mesh(2, 2, 1, devices=jax.devices()[:4]))
+  rules = LogicalRules(make_mesh(1, 2, 2, devices=jax.devices()[:4]))
 
   params = nnx.state(z1_jax.create_model(cfg, rules))
 

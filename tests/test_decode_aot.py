@@ -42,8 +42,10 @@ def test_7b_bf16_decode_compiles_for_tpu(grid, tensor):
   gathered = re.findall(r"= \w+\[([\d,]*)\][^=]*? all-gather\(", loop)
   sizes = [math.prod(int(d) for d in s.split(",") if d) for s in gathered]
   assert max(sizes, default=0) <= 8 * tensor, gathered
-  kv_heads = {4: 1, 8: 4}[tensor]  # 4 KV heads do not divide over 8: replicated there
-  cache = re.escape(f"bf16[8,{kv_heads},768,128]")
+  # tensor=4: heads split (1 KV head per shard); tensor=8: 28 heads do not divide, so the
+  # serving rules split head_dim instead (every KV head, 128/8 = 16 dims per shard)
+  kv_heads, head_dim = {4: (1, 128), 8: (4, 16)}[tensor]
+  cache = re.escape(f"bf16[8,{kv_heads},768,{head_dim}]")
   assert not re.search(cache + r"\{[^}]*\} copy\(", loop)  # the cache is updated in place
   per_device_weights = 2 * cfg.num_params() / tensor
   assert out["decode_loop"]["argument_bytes"] < 1.6 * per_device_weights + 2**30

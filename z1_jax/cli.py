@@ -119,10 +119,6 @@ def cmd_generate(args) -> int:
 
 def cmd_score(args) -> int:
   from z1_jax.eval.score import score_file
-  from z1_jax.outputs import check_output_file
-  if args.out:  # checked before scoring, so a bad --out never costs the verdicts
-    check_output_file(args.out, "--out", args.overwrite,
-                      inputs=[("--samples", args.samples), ("--data", args.data)])
   summary = score_file(args.benchmark, args.samples, out=args.out, data=args.data,
                        workers=args.workers, timeout=args.timeout,
                        allow_unsandboxed=args.allow_unsandboxed,
@@ -132,9 +128,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-  from z1_jax.checkpoint.convert import make_mesh_arg
   from z1_jax.eval.sweep import run_from_args
-  summary = run_from_args(args, mesh=lambda: make_mesh_arg(args.mesh))
+  from z1_jax.model.sharding import mesh_from_spec
+  summary = run_from_args(args, mesh=lambda: mesh_from_spec(args.mesh))
   print(json.dumps({"out": args.out, "accuracy": {
       name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
       for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
@@ -233,13 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
 
   gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
   src = gen.add_mutually_exclusive_group(required=True)
-  src.add_argument("--hf", help="HF checkpoint directory (or hub id)")
-  src.add_argument("--ckpt", help="Orbax checkpoint directory")
+  src.add_argument("--hf", help="HF checkpoint directory or hub id (default: none; one of "
+                   "--hf/--ckpt is required)")
+  src.add_argument("--ckpt", help="Orbax checkpoint: a z1 train run, a checkpoint root or one "
+                   "step directory (default: none)")
   ask = gen.add_mutually_exclusive_group(required=True)
   ask.add_argument("--prompt", action="append", help="prompt text, tokenized as is (repeat "
-                   "for a batch; needs a tokenizer)")
+                   "for a batch; needs a tokenizer; default: none, one of --prompt/--prompt-ids "
+                   "is required)")
   ask.add_argument("--prompt-ids", action="append", type=int_list,
-                   help="prompt token ids 1,2,3 (repeat for a batch)")
+                   help="prompt token ids 1,2,3 (repeat for a batch; default: none)")
   gen.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="tokens to generate without a budget (default 256)")
   gen.add_argument("--thinking-budget", type=positive_int, default=None,
@@ -268,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
   gen.add_argument("--batch-size", type=positive_int, default=None,
                    help="rows decoded together (default: all prompts, up to 64)")
-  gen.add_argument("--mesh", default=None,
-                   help="DATA,TENSOR serving mesh (default: one device)")
+  gen.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1: batch "
+                        "over data, heads over tensor (default: one device)")
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.set_defaults(fn=cmd_generate)
 
@@ -277,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Train from a TOML run config (configs/*.toml). Extra "
                       "arguments section.key=value override it, e.g. train.max_steps=10 "
                       "checkpoint.every_steps=5 train.peak_lr=2e-5.")
-  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml")
+  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml (required)")
   tr.add_argument("--out", required=True,
                   help="run directory: checkpoints/, metrics.jsonl, tb/ (resumed if it holds "
-                       "a run)")
+                       "a run; required)")
   tr.add_argument("overrides", nargs="*", metavar="section.key=value",
                   help="config overrides (default: none)")
   tr.add_argument("--coordinator", default=None,

@@ -379,17 +379,9 @@ def run_from_args(args, mesh=None) -> dict:
     raise Z1Error(f"--sandbox-python {args.sandbox_python}: not an executable file")
 
   def load_model():
+    from z1_jax.infer.load import load_for_decoding
     mesh_ = mesh() if callable(mesh) else mesh
-    rules = None
-    if mesh_ is not None:  # decode layout (z1 generate's); with fsdp > 1 the training table
-      from z1_jax.model.sharding import DEFAULT_RULES, SERVING_RULES, LogicalRules
-      rules = LogicalRules(mesh_, SERVING_RULES if mesh_.shape["fsdp"] == 1 else DEFAULT_RULES)
-    if source[0] == "hf":
-      from z1_jax.checkpoint.hf import load_hf
-      return load_hf(source[1], dtype=args.dtype, rules=rules)
-    from z1_jax.checkpoint.orbax_io import load_params
-    overrides = {} if args.dtype is None else {"dtype": args.dtype}
-    return load_params(source[1], rules=rules, **overrides)
+    return load_for_decoding(args.hf, args.ckpt, mesh_, args.dtype)
 
   tokenizer = None
   if args.tokenizer or (source[0] == "hf" and (Path(source[1]) / "tokenizer.json").exists()):

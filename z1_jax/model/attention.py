@@ -227,6 +227,9 @@ def splash_attention(q, k, v, segment_ids, mesh=None, rules=None, interpret: boo
     if q_spec[1] is not None or k_spec[2] is not None:
       raise Z1Error("splash attention cannot split the sequence over the mesh: set the 'seq' "
                     "rule to no mesh axes")
+    # The kernel works on whole heads: a layout that splits head_dim (the serving rules when the
+    # query heads do not divide over `tensor`) is gathered to whole heads for this call.
+    q_spec, k_spec = P(*q_spec[:3], None), P(*k_spec[:3], None)
   head_axis = q_spec[2] if len(q_spec) > 2 else None
   kv_split = len(k_spec) > 1 and k_spec[1] is not None
 
