@@ -54,6 +54,8 @@ BAD_INVOCATIONS = [
     ("convert orbax-to-hf --ckpt {ck} --out {ck}/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --dtype int8", 2, "--dtype"),
     ("convert orbax-to-hf --ckpt {hfA} --out {new}", 2, "hf-to-orbax"),
+    # a step directory is accepted (issue 8) but its own inside is still refused as --out
+    ("convert orbax-to-hf --ckpt {ck}/0 --out {ck}/0/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {file} --out {new}", 2, "--ckpt"),
     ("convert orbax-to-hf --ckpt nope --out {new}", 2, "not found"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --max-shard-size 0", 2, "--max-shard-size"),
