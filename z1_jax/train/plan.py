@@ -147,7 +147,7 @@ def required_from_message(message: str) -> tuple[int | None, int | None]:
 
 def _impl_name(impl: str, platform: str, seq_len: int) -> str:
   from z1_jax.model.attention import resolve_impl
-  chosen = resolve_impl(impl, platform, True, seq_len)
+  chosen = resolve_impl(impl, platform, True, seq_len, seq_len)
   return f"{impl} ({chosen})" if impl == "auto" else impl
 
 
