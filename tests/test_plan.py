@@ -63,7 +63,7 @@ def test_cli_plans_on_cpu_devices_as_json(capsys):
                "train.max_steps=1"]) == 0
   plan = json.loads(capsys.readouterr().out)
   assert plan["fits"] and plan["chips"] == 4 and plan["target"] == "4 cpu devices"
-  assert plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert plan["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}  # tiny.toml's [mesh]: data=-1
   assert plan["temp_bytes"] > 0 and plan["ideal_step_s"] > 0
 
 
@@ -71,7 +71,8 @@ def test_cli_plans_on_cpu_devices_as_json(capsys):
     (["--accelerator", "v5p-7"], "unknown accelerator 'v5p-7'"),
     (["--accelerator", "v5p-8", "--devices", "4"], "not allowed with argument"),
     (["--devices", "0"], "--devices"),
-    (["--devices", "4", "--mesh", "data=3"], "mesh data=3,fsdp=1,tensor=1 has 3 devices"),
+    (["--devices", "4", "--mesh", "data=3"], "mesh data=3,fsdp=1,tensor=1 has 3 devices; the "
+     "target has 4; meshes that divide: data=1,fsdp=4,tensor=1"),
     (["--devices", "8", "--mesh", "tensor=8"],
      "parameter layers.0.attn.o_proj of shape (4, 16, 64): dimension 0 ('q_heads', size 4)"),
     (["--devices", "4", "model.remat_policy=sometimes"], "model.remat_policy"),

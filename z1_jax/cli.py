@@ -310,15 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
       "(nothing is allocated), and prints per-chip memory against HBM, FLOPs per step, the "
       "mesh and whether it fits. Extra arguments section.key=value override the config.")
   pl.add_argument("--config", required=True,
-                  help="TOML run config, e.g. configs/z1-qwen2.5-coder-7b.toml")
+                  help="TOML run config, e.g. configs/z1-qwen2.5-coder-7b.toml (required)")
   target = pl.add_mutually_exclusive_group(required=True)
   target.add_argument("--accelerator", type=accelerator_name, default=None,
-                      help="Cloud TPU slice: v5p-8..., v5litepod-16 (v5e-16), v4-32, v6e-8")
+                      help="Cloud TPU slice: v5p-8..., v5litepod-16 (v5e-16), v4-32, v6e-8 "
+                           "(default: none; this or --devices is required)")
   target.add_argument("--devices", type=positive_int, default=None,
-                      help="plan on this many host CPU devices instead (no libtpu needed)")
+                      help="plan on this many host CPU devices instead, no libtpu needed "
+                           "(default: none; this or --accelerator is required)")
   pl.add_argument("--mesh", type=mesh_spec, default=None,
-                  help="data=A,fsdp=B,tensor=C (one may be -1; default: the first mesh whose "
-                       "axes divide the run, most fsdp first)")
+                  help="data=A,fsdp=B,tensor=C (one may be -1; default: the config's [mesh] "
+                       "over the target's devices)")
   pl.add_argument("--json", action="store_true", help="print the plan as JSON")
   pl.add_argument("overrides", nargs="*", metavar="section.key=value",
                   help="config overrides (default: none)")

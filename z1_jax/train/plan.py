@@ -170,7 +170,7 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
                mesh_shape: Mapping[str, int] | None = None, devices: int | None = None) -> Plan:
   """Compiles `cfg`'s train step for a Cloud TPU slice (`accelerator`, e.g. "v5p-64") or for
   `devices` host CPU devices, on `mesh_shape` (`{"data": a, "fsdp": b, "tensor": c}`, one may
-  be -1; default: the first suggested mesh). Allocates nothing. Raises `Z1Error` for a bad
+  be -1; default: the config's [mesh]). Allocates nothing. Raises `Z1Error` for a bad
   name, mesh or config; a step that does not fit is a `Plan` with `fits=False`."""
   import jax
   from jax.sharding import AxisType, Mesh
@@ -196,14 +196,15 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
     hbm = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // devices
   n = len(pool)
   suggestions = suggest_meshes(model_cfg, micro, n)
-  if mesh_shape is None:
-    if not suggestions:
-      raise Z1Error(f"no mesh of {n} devices divides this run (micro-batch {micro}, hidden "
-                    f"{model_cfg.hidden_size}, {model_cfg.num_heads}/{model_cfg.num_kv_heads} "
-                    "heads): change train.global_batch / train.grad_accum")
-    shape = suggestions[0]
-  else:
+  hint = "; meshes that divide: " + (" | ".join(
+      ",".join(f"{a}={s}" for a, s in m.items()) for m in suggestions) or
+      "none (change train.global_batch / train.grad_accum)")
+  if mesh_shape is None:  # the run's own [mesh] section, over this target's devices
+    mesh_shape = {a: getattr(cfg.mesh, a) for a in MESH_AXES}
+  try:
     shape = resolve_mesh_shape(mesh_shape, n)
+  except Z1Error as e:
+    raise Z1Error(f"{e}{hint}") from None
   if accelerator is not None:
     from jax.experimental import mesh_utils
     grid = mesh_utils.create_device_mesh(tuple(shape.values()), devices=pool,
@@ -213,8 +214,6 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
     grid = np.asarray(pool).reshape(tuple(shape.values()))
   mesh = Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
   others = tuple(m for m in suggestions if m != shape)
-  hint = "; meshes that divide: " + (" | ".join(
-      ",".join(f"{a}={s}" for a, s in m.items()) for m in suggestions) or "none")
 
   try:
     ts = build_train_step(cfg, mesh, model_cfg=model_cfg)
