@@ -106,7 +106,7 @@ def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False,
   """
   mesh = None if rules is None else rules.mesh
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  impl = attention.resolve_impl(impl, platform, causal_blocks, k.shape[2])
+  impl = attention.resolve_impl(impl, platform, causal_blocks, q.shape[1], k.shape[2])
   if impl == "blockwise":
     return attention.blockwise_attention(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks)
   if impl == "splash":
