@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from z1_jax.data.sources import jsonl_records
+from z1_jax.data.sources import DataError, jsonl_records
 from z1_jax.errors import Z1Error
 from z1_jax.eval.answers import score_mc, verify_boxed
 from z1_jax.eval.benchmarks import Problem
@@ -56,7 +56,12 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"samples file not found: {path}")
-  return [row for _, row in jsonl_records(path)]
+  if path.is_dir():
+    raise DataError(f"{path} is a directory; expected a JSONL file of samples")
+  rows = [row for _, row in jsonl_records(path)]
+  if not rows:
+    raise DataError(f"{path}: no samples (empty file)")
+  return rows
 
 
 def sample_id(row: dict, where: str, id_field: str | None = None) -> str:
@@ -191,10 +196,16 @@ class Scorer:
     futures = {self.submit(sid, row["completion"]): i
                for i, (sid, row) in enumerate(zip(ids, samples))}
     rows: list[dict | None] = [None] * len(samples)
-    for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="score", unit="sample",
-                    disable=not progress):
-      i = futures[fut]
-      rows[i] = {**samples[i], **fut.result()}
+    try:
+      for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="score", unit="sample",
+                      disable=not progress):
+        i = futures[fut]
+        rows[i] = {**samples[i], **fut.result()}
+    except BaseException:
+      # Ctrl-C or an error: drop the queued samples instead of running them all first.
+      for fut in futures:
+        fut.cancel()
+      raise
     return rows, summarize(rows, ids)
 
   def close(self):
