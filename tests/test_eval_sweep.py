@@ -195,3 +195,31 @@ def test_out_that_is_not_a_sweep_is_refused(tiny_hf, aime5, tmp_path, capsys):
   assert main(_args(tiny_hf, aime5, other)) == 2
   assert "holds no sweep" in capsys.readouterr().err
   assert os.listdir(other) == ["notes.txt"]
+
+
+def test_journal_drops_a_torn_last_line_and_keeps_the_rest(tmp_path):
+  from z1_jax.eval.sweep import Journal
+  path = tmp_path / "journal.jsonl"
+  good = {"benchmark": "humaneval", "task_id": "HumanEval/0", "sample": 0, "budget": 16,
+          "passed": False}
+  path.write_text(json.dumps(good) + "\n" + '{"benchmark": "humaneval", "task_')  # killed
+  journal = Journal(path)
+  assert list(journal.rows) == [("humaneval", "HumanEval/0", 0, 16)]
+  journal.add({**good, "budget": 24})
+  journal.add({**good, "budget": 24, "passed": True})  # recorded once per key
+  journal.close()
+  journal.add({**good, "budget": 32})  # after close (an interrupted run): ignored
+  lines = path.read_text().splitlines()
+  assert [json.loads(line)["budget"] for line in lines] == [16, 24]
+
+
+def test_parse_data_names_files_per_benchmark(tmp_path):
+  from z1_jax.errors import Z1Error
+  from z1_jax.eval.sweep import parse_data
+  assert parse_data("x.jsonl", ["math500"]) == {"math500": str((Path.cwd() / "x.jsonl"))}
+  assert parse_data("math500=a.jsonl,gpqa-diamond=/d/g.csv", ["math500", "gpqa-diamond"]) == {
+      "math500": str(Path.cwd() / "a.jsonl"), "gpqa-diamond": "/d/g.csv"}
+  with pytest.raises(Z1Error, match="with several benchmarks name each file"):
+    parse_data("x.jsonl", ["math500", "gpqa-diamond"])
+  with pytest.raises(Z1Error, match="expected NAME=FILE"):
+    parse_data("math500=", ["math500"])
