@@ -154,6 +154,15 @@ def test_resume_after_interrupt_gives_the_same_files(swept, tiny_hf, aime5, tmp_
   assert calls == [] and _files(out) == _files(swept)
 
 
+@pytest.mark.slow
+def test_the_whole_mesh_decodes_each_batch_with_the_same_rows(swept, tiny_hf, aime5, tmp_path):
+  """--mesh 4,1,2 (batch over data, heads over tensor, the 8 test devices): the same
+  files as the one-device run (the mesh is not part of the config)."""
+  out = tmp_path / "mesh"
+  assert main(_args(tiny_hf, aime5, out, "--mesh", "4,1,2")) == 0
+  assert _files(out) == _files(swept)
+
+
 def test_out_with_a_different_config_is_refused(swept, tiny_hf, aime5, capsys):
   before = {p.name: p.read_bytes() for p in swept.iterdir()}
   argv = _args(tiny_hf, aime5, swept)
