@@ -16,6 +16,10 @@ import re
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
+# Shifted Thinking Window: placed in the stream when a row reaches its thinking budget; the
+# model answers right after it (12 Qwen2.5 tokens; `infer.budget` tokenizes it once).
+ANSWER_TRIGGER = "\n\nI overthought it, the final answer should be:\n\n"
+
 _THINK_TAGS = re.compile(r"</?think>\n?")
 
 
