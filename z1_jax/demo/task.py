@@ -6,7 +6,8 @@ A program sets one value and applies `+k` / `-k` statements, printing the result
   trace      3+7=0;0-2=8;8+5=3                       (one step per statement, modulo 10)
 Each step depends only on the previous value and the next statement, and only + and - occur
 (multiplication skews answers towards 0 and tasks that look up several variables stayed near
-chance in the prototype). Three kinds of rows, the way Z1 mixes short and long reasoning:
+chance in the prototype). No statement repeats within a program, so the next statement is found
+by content from the one just done. Three kinds of rows, the way Z1 mixes short and long reasoning:
   direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
   trace   the whole trace, then the answer line: `3+7=0;0-2=8;8+5=3\\nanswer: 3`
   cut     the trace cut at a random point by `ANSWER_TRIGGER`, then the true answer line. A
@@ -33,6 +34,9 @@ MODULUS = 10
 ANSWER_PREFIX = "answer: "
 _ANSWER = re.compile(re.escape(ANSWER_PREFIX) + r"(\d+)")
 KINDS = ("direct", "trace", "cut")
+# The statements +1..+9 and -1..-9; a program uses each at most once, so the statement after
+# the one a trace step just did is found by content (an induction-head lookup), unambiguously.
+STATEMENTS = np.asarray([k for k in range(-(MODULUS - 1), MODULUS) if k])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +47,9 @@ class ChainTask:
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
 
   def __post_init__(self):
-    if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps:
-      raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps")
+    if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps <= len(STATEMENTS):
+      raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps <= "
+                       f"{len(STATEMENTS)}")
     hard = self.hard_fraction
     if not 0 <= self.cut_fraction <= hard:
       raise ValueError(f"cut_fraction={self.cut_fraction}: must lie in [0, {hard:.3f}], the "
@@ -94,7 +99,7 @@ def extract_answer(text: str) -> int | None:
 def make_row(rng: np.random.Generator, task: ChainTask) -> dict:
   steps = int(rng.integers(task.min_steps, task.max_steps + 1))
   start = int(rng.integers(0, MODULUS))
-  ops = [int(k) * (1 if rng.random() < 0.5 else -1) for k in rng.integers(1, MODULUS, steps)]
+  ops = [int(k) for k in rng.choice(STATEMENTS, steps, replace=False)]
   question = program_text(start, ops)
   answer = run_program(question)
   if steps <= task.direct_max_steps:
