@@ -147,8 +147,8 @@ def test_launch_refuses_a_tpu_in_a_bad_state(fake_gcloud, capsys):
     ("--name", "run-", "--name 'run-'"),
     ("--zone", "uscentral2", "--zone 'uscentral2'"),
     ("--zone", "us-central2-b; rm -rf /", "--zone"),
-    ("--accelerator", "v3-8", "--accelerator 'v3-8'"),
-    ("--accelerator", "v5p", "--accelerator 'v5p'"),
+    ("--accelerator", "v3-8", "--accelerator: unknown accelerator 'v3-8'"),
+    ("--accelerator", "v5p-63", "--accelerator: unknown accelerator 'v5p-63'"),
     ("--config", "missing.toml", "--config missing.toml: file not found"),
     ("--code-uri", "/tmp/x", "--code-uri '/tmp/x'"),
 ])

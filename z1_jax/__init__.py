@@ -1,8 +1,8 @@
 """z1-jax: Z1 (efficient test-time scaling with code) in JAX / Flax NNX.
 
 Entry points: `load_hf` / `save_hf` (HF checkpoints in and out), `create_model`, `get_preset`,
-`make_mesh`; the `z1` command line (`python -m z1_jax`). Imported lazily, so that the command
-line starts without loading JAX.
+`make_mesh`, `generate` / `sweep` (decoding with a thinking budget); the `z1` command line
+(`python -m z1_jax`). Imported lazily, so that the command line starts without loading JAX.
 """
 
 import importlib
@@ -13,6 +13,8 @@ _EXPORTS = {
     "Qwen2Config": "z1_jax.model.config", "get_preset": "z1_jax.model.config",
     "Qwen2": "z1_jax.model.qwen2", "create_model": "z1_jax.model.qwen2",
     "LogicalRules": "z1_jax.model.sharding", "make_mesh": "z1_jax.model.sharding",
+    "generate": "z1_jax.infer.generate", "sweep": "z1_jax.infer.generate",
+    "Generation": "z1_jax.infer.generate",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from z1_jax.cli_args import int_list, non_negative_int, positive_float, positive_int
+from z1_jax.cli_args import (float_dtype, int_list, non_negative_float, non_negative_int,
+                            positive_float, positive_int, probability)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
@@ -49,6 +50,10 @@ def cmd_bench(args) -> int:
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
+  elif args.what == "decode":
+    from z1_jax.bench.decode import bench_decode
+    rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
+                        args.budgets, args.answer_tokens)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -105,6 +110,11 @@ def cmd_data(args) -> int:
     stats["wrote"] = str(write_rows(packed, args.out))
   print(json.dumps(stats, indent=2))
   return 0
+
+
+def cmd_generate(args) -> int:
+  from z1_jax.infer.command import run_generate
+  return run_generate(args)
 
 
 def cmd_score(args) -> int:
@@ -190,6 +200,48 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
     c.set_defaults(fn=cmd_data)
 
+  gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
+  src = gen.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf", help="HF checkpoint directory (or hub id)")
+  src.add_argument("--ckpt", help="Orbax checkpoint directory")
+  ask = gen.add_mutually_exclusive_group(required=True)
+  ask.add_argument("--prompt", action="append", help="prompt text, tokenized as is (repeat "
+                   "for a batch; needs a tokenizer)")
+  ask.add_argument("--prompt-ids", action="append", type=int_list,
+                   help="prompt token ids 1,2,3 (repeat for a batch)")
+  gen.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="tokens to generate without a budget (default 256)")
+  gen.add_argument("--thinking-budget", type=positive_int, default=None,
+                   help="thinking window B in tokens (needs --answer-tokens; default: none)")
+  gen.add_argument("--answer-tokens", type=positive_int, default=None,
+                   help="answer allowance A after the trigger (default: none)")
+  trig = gen.add_mutually_exclusive_group()
+  trig.add_argument("--trigger", default=None, help="trigger text (default: the Z1 phrase; "
+                    "s1: the answer marker)")
+  trig.add_argument("--trigger-ids", type=int_list, default=None,
+                    help="trigger token ids 1,2 (default: the trigger text tokenized)")
+  gen.add_argument("--placement", choices=("replace", "append"), default=None,
+                   help="trigger in the window's last positions or after it "
+                        "(default: replace for z1, append for s1)")
+  gen.add_argument("--mode", choices=("z1", "s1"), default="z1",
+                   help="Shifted Thinking Window or s1 budget forcing (default z1)")
+  gen.add_argument("--eos-ids", type=int_list, default=None,
+                   help="end ids 1,2 (default: <|im_end|> and <|endoftext|>)")
+  gen.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 is greedy (default 0)")
+  gen.add_argument("--top-k", type=positive_int, default=None, help="default: off")
+  gen.add_argument("--top-p", type=probability, default=None, help="default: off")
+  gen.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+  gen.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory (default: the model directory's, if any)")
+  gen.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
+  gen.add_argument("--batch-size", type=positive_int, default=None,
+                   help="rows decoded together (default: all prompts, up to 64)")
+  gen.add_argument("--mesh", default=None,
+                   help="DATA,TENSOR serving mesh (default: one device)")
+  gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+  gen.set_defaults(fn=cmd_generate)
+
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, help="humaneval, aime2024, aime2025, "
                      "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
@@ -270,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
   dat.add_argument("--tokenize-examples", type=int, default=1000, help="texts to tokenize")
   dat.add_argument("--json", action="store_true", help="JSON lines output")
   dat.set_defaults(fn=cmd_bench)
+  dec = bench_sub.add_parser("decode", help="generate tokens/s vs HF transformers generate")
+  dec.add_argument("--preset", default="qwen2.5-0.5b", help="default qwen2.5-0.5b")
+  dec.add_argument("--batch", type=positive_int, default=1, help="default 1")
+  dec.add_argument("--prompt-len", type=positive_int, default=128, help="default 128")
+  dec.add_argument("--gen-len", type=positive_int, default=64, help="default 64")
+  dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default 3)")
+  dec.add_argument("--budgets", type=int_list, default=None,
+                   help="also time a sweep over these budgets, e.g. 64,128,256,512,1024 "
+                        "(default: no sweep)")
+  dec.add_argument("--answer-tokens", type=positive_int, default=32,
+                   help="answer allowance of the sweep (default 32)")
+  dec.add_argument("--json", action="store_true", help="JSON lines output")
+  dec.set_defaults(fn=cmd_bench)
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=int, default=None)
   scr.add_argument("--json", action="store_true", help="JSON lines output")
@@ -282,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
   1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback."""
   import os
   from z1_jax.errors import Z1Error
+  from z1_jax.topology import select_platform
   args = build_parser().parse_args(argv)
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
+  select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
     return args.fn(args)
   except KeyboardInterrupt:

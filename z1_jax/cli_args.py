@@ -31,6 +31,28 @@ def positive_float(text: str) -> float:
   return value
 
 
+def non_negative_float(text: str) -> float:
+  value = _float(text)
+  if not value >= 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number >= 0")
+  return value
+
+
+def probability(text: str) -> float:
+  """A number in (0, 1] (top-p)."""
+  value = _float(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number in (0, 1]")
+  return value
+
+
+def _float(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+
+
 def float_dtype(text: str) -> str:
   """Weight dtypes: only floating types can hold weights."""
   allowed = ("float32", "bfloat16", "float16")

@@ -19,6 +19,10 @@ DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpf
 # Shifted Thinking Window: placed in the stream when a row reaches its thinking budget; the
 # model answers right after it (12 Qwen2.5 tokens; `infer.budget` tokenizes it once).
 ANSWER_TRIGGER = "\n\nI overthought it, the final answer should be:\n\n"
+# s1 budget forcing (Muennighoff et al.): the answer marker placed when thinking stops, and the
+# word that replaces an early end of thinking.
+S1_ANSWER_MARKER = "<|im_start|>answer\nFinal Answer:"
+S1_WAIT = "Wait"
 
 _THINK_TAGS = re.compile(r"</?think>\n?")
 

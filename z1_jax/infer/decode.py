@@ -21,8 +21,8 @@ from z1_jax.model.qwen2 import KVCache, Qwen2, init_cache
 def prefill(graphdef, state, tokens, segment_ids, positions, cache: KVCache):
   """Writes the prompt into cache slots [0, L); returns last-position logits `[B, V]`."""
   model = nnx.merge(graphdef, state)
-  logits, cache = model(tokens, segment_ids, positions, cache=cache, cache_index=0,
-                        last_only=True)
+  logits, cache = model(tokens, segment_ids, positions, cache=cache, last_only=True,
+                        prefill=True)
   return logits[:, 0], cache
 
 

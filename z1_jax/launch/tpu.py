@@ -41,15 +41,17 @@ REMOTE_LOG = f"{REMOTE_ROOT}/train.log"
 REMOTE_PID = f"{REMOTE_ROOT}/train.pid"
 CONFIG_DIR = ".z1-launch"  # where the config file sits inside the shipped tree
 
-# Cloud TPU software versions per generation (the TPU VM images JAX documents for each).
-RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
+# gcloud's spelling of a generation in --accelerator-type (v5e slices are "v5litepod-N"), the
+# Cloud TPU software version (TPU VM image) per generation, and the generations Cloud TPU hands
+# out through queued resources.
+GCLOUD_FAMILY = {"v5e": "v5litepod"}
+RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
-QUEUED_BY_DEFAULT = ("v5litepod", "v5p", "v6e")
+QUEUED_BY_DEFAULT = ("v5e", "v5p", "v6e")
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-_ACCELERATOR = re.compile(r"^(v4|v5e|v5litepod|v5p|v6e)-([0-9]+)$")
 
 
 class LaunchError(Z1Error):
@@ -73,14 +75,16 @@ def check_zone(zone: str) -> str:
   return zone
 
 
-def accelerator_type(name: str) -> tuple[str, str]:
-  """`v5e-16` -> (`v5litepod-16`, `v5litepod`): the type as gcloud spells it, and its family."""
-  m = _ACCELERATOR.match(name.strip().lower())
-  if not m:
-    raise LaunchError(f"--accelerator {name!r}: expected a Cloud TPU type such as v4-32, "
-                      "v5e-16 (v5litepod-16), v5p-64 or v6e-8")
-  family = "v5litepod" if m.group(1) == "v5e" else m.group(1)
-  return f"{family}-{m.group(2)}", family
+def accelerator_type(name: str):
+  """`v5e-16` -> (`v5litepod-16`, the `z1_jax.topology.Accelerator`): the type as gcloud spells
+  it, and the slice (generation, chips, hosts) from the one accelerator table."""
+  from z1_jax.topology import accelerator
+  try:
+    acc = accelerator(name)
+  except Z1Error as e:
+    raise LaunchError(f"--accelerator: {e}") from None
+  gen = acc.generation.name
+  return f"{GCLOUD_FAMILY.get(gen, gen)}-{acc.name.split('-')[1]}", acc
 
 
 def check_overrides(overrides: list[str]) -> list[str]:
@@ -285,10 +289,10 @@ def _wait_active(g: Gcloud, tpu: Tpu, timeout_min: float, poll_s: float = 30.0) 
     time.sleep(poll_s)
 
 
-def ensure_tpu(g: Gcloud, tpu: Tpu, accelerator: str, family: str, args) -> None:
+def ensure_tpu(g: Gcloud, tpu: Tpu, accelerator: str, generation: str, args) -> None:
   """Reuses the TPU VM if it exists (and is usable), else creates it."""
-  queued = args.queued if args.queued is not None else family in QUEUED_BY_DEFAULT
-  runtime = args.runtime_version or RUNTIME_VERSIONS[family]
+  queued = args.queued if args.queued is not None else generation in QUEUED_BY_DEFAULT
+  runtime = args.runtime_version or RUNTIME_VERSIONS[generation]
   found = tpu.describe(g, queued)
   if found is None:
     g.note(f"dry run: assuming {tpu.name} does not exist yet")
@@ -315,7 +319,7 @@ def ensure_tpu(g: Gcloud, tpu: Tpu, accelerator: str, family: str, args) -> None
 
 def launch_tpu(args, out=None) -> int:
   tpu = Tpu(check_name(args.name), check_zone(args.zone))
-  accelerator, family = accelerator_type(args.accelerator)
+  accelerator, acc = accelerator_type(args.accelerator)
   overrides = check_overrides(list(args.overrides))
   config = Path(args.config)
   if not config.is_file():
@@ -325,9 +329,10 @@ def launch_tpu(args, out=None) -> int:
   g = Gcloud(args.project, args.dry_run, out)
   root = repo_root()
   sha = pinned_commit(root, args.commit, args.allow_dirty)
-  g.note(f"z1 launch tpu: {accelerator} as {tpu.name} in {tpu.zone}, code at {sha[:12]}")
-  plan_gate(str(config), overrides, accelerator, args.skip_plan, g.note)
-  ensure_tpu(g, tpu, accelerator, family, args)
+  g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {acc.hosts} workers) as "
+         f"{tpu.name} in {tpu.zone}, code at {sha[:12]}")
+  plan_gate(str(config), overrides, acc.name, args.skip_plan, g.note)
+  ensure_tpu(g, tpu, accelerator, acc.generation.name, args)
 
   bundle = f"z1-jax-{sha[:12]}.tar.gz"
   with tempfile.TemporaryDirectory(prefix="z1-launch-") as tmp:

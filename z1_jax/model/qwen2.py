@@ -250,12 +250,16 @@ class Qwen2(nnx.Module):
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None, cache: KVCache | None = None,
-               cache_index: jax.Array | int | None = None, last_only: bool = False):
+               cache_index: jax.Array | int = 0, last_only: bool = False,
+               prefill: bool = False):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
     With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1` (the
-    same slots for every row) and attend to everything visible in the cache. A Python int 0
-    (or None) means the cache starts empty: the tokens then attend only among themselves.
+    same slots for every row) and attend to everything visible in the cache. `prefill`
+    (static) says the cache holds nothing visible yet: the tokens then attend only among
+    themselves (the fast path). A Python int `cache_index` is checked against the cache length
+    here; a traced one cannot be (`dynamic_update_slice` would clamp it and overwrite the last
+    slots), so callers check every write index on the host first (`infer.loop` does).
     `last_only` computes logits for the final position only (`[B, 1, V]`).
     """
     cfg, rules = self.cfg, self.rules
@@ -271,8 +275,12 @@ class Qwen2(nnx.Module):
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
 
     if cache is not None:
-      fresh = cache_index is None or (isinstance(cache_index, int) and cache_index == 0)
-      index = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
+      fresh = prefill
+      slots = cache.segment_ids.shape[1]
+      if isinstance(cache_index, int) and not 0 <= cache_index <= slots - l:
+        raise ValueError(f"cache write at slots [{cache_index}, {cache_index + l}) is outside "
+                         f"the cache of {slots} slots")
+      index = jnp.asarray(cache_index, jnp.int32)
       kv_seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, index, 1)
       kv_pos = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions, index, 1)
 

@@ -41,6 +41,13 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("act_vocab", ("tensor",)),
 )
 
+# Serving (decode) table, chosen at load time (`LogicalRules(mesh, SERVING_RULES)`): every
+# weight is read once per token, so none may be gathered per step. Batch over `data`, heads /
+# MLP / vocab over `tensor`, nothing over `fsdp` (serving meshes have fsdp=1).
+SERVING_RULES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (name, ("data",) if name == "batch" else () if name == "embed" else axes)
+    for name, axes in DEFAULT_RULES)
+
 
 @dataclasses.dataclass(frozen=True)
 class LogicalRules:

@@ -1,0 +1,174 @@
+"""The decode loop, thinking budgets and the sweep against HF transformers greedy (fp32, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+import z1_jax
+from z1_jax.errors import Z1Error
+from z1_jax.infer.generate import generate, sweep
+
+# Prompts of 4, 11, 7 and 16 tokens for "untied-gqa4-theta"; with end id 281 the free greedy
+# runs end after 7, 28 and 23 tokens and the last one not within 40: early ends, budget hits
+# and rows running to the limit all occur below.
+EOS = [281]
+TRIGGER = [5, 6, 7]
+
+
+@pytest.fixture(scope="module")
+def tiny(hf_checkpoint):
+  hf, path = hf_checkpoint("untied-gqa4-theta")
+  rs = np.random.RandomState(1)
+  prompts = [rs.randint(0, 320, n).tolist() for n in (4, 11, 7, 16)]
+  return hf, z1_jax.load_hf(path), prompts
+
+
+def hf_greedy(hf, ids, n, eos=EOS):
+  """HF greedy continuation of one row: up to n tokens, the end id kept."""
+  with torch.no_grad():
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False,
+                      eos_token_id=list(eos), pad_token_id=0)
+  return out[0, len(ids):].tolist()
+
+
+def two_step_reference(hf, prompt, budget, answer, placement):
+  """The paper's two passes: greedy for the window, then the trigger ids, then the answer."""
+  first = hf_greedy(hf, prompt, budget - len(TRIGGER) if placement == "replace" else budget)
+  if first[-1] in EOS:
+    return first, len(first), False, 0
+  answer_ids = hf_greedy(hf, prompt + first + TRIGGER, answer)
+  return first + TRIGGER + answer_ids, budget, True, len(answer_ids)
+
+
+def test_greedy_equals_hf_generate_for_ragged_batch(tiny):
+  hf, model, prompts = tiny
+  out = generate(model, prompts, max_new_tokens=30, eos_ids=EOS)
+  refs = [hf_greedy(hf, p, 30) for p in prompts]
+  assert [g.tokens for g in out] == refs
+  assert [len(r) for r in refs] == [7, 28, 23, 30]  # three rows end by themselves, one runs on
+  assert [g.ended for g in out] == [True, True, True, False]
+  assert all(g.thinking_tokens == len(g.tokens) and not g.hit_budget for g in out)
+
+
+@pytest.mark.parametrize("placement", ["replace", "append"])
+def test_budget_equals_two_step_hf_reference(tiny, placement):
+  hf, model, prompts = tiny
+  out = generate(model, prompts, thinking_budget=16, answer_tokens=8, trigger_ids=TRIGGER,
+                 placement=placement, eos_ids=EOS)
+  for p, g in zip(prompts, out):
+    tokens, thinking, hit, answer = two_step_reference(hf, p, 16, 8, placement)
+    assert (g.tokens, g.thinking_tokens, g.hit_budget, g.answer_tokens) == (
+        tokens, thinking, hit, answer)
+  assert [g.hit_budget for g in out] == [False, True, True, True]
+  # the row that ended inside its window is exactly its unbudgeted continuation
+  assert out[0].tokens == generate(model, prompts[:1], max_new_tokens=40, eos_ids=EOS)[0].tokens
+  if placement == "replace":
+    assert all(g.tokens[13:16] == TRIGGER for g in out[1:])  # the window holds B tokens
+
+
+def test_sweep_equals_per_budget_runs(tiny):
+  _, model, prompts = tiny
+  budgets = [8, 12, 20, 30]
+  for kw in (dict(), dict(temperature=0.9, top_k=40, seed=7)):
+    swept = sweep(model, prompts, budgets, answer_tokens=6, trigger_ids=TRIGGER, eos_ids=EOS,
+                  **kw)
+    assert sorted(swept) == budgets
+    for b in budgets:
+      single = generate(model, prompts, thinking_budget=b, answer_tokens=6,
+                        trigger_ids=TRIGGER, eos_ids=EOS, **kw)
+      assert swept[b] == single, (kw, b)
+    assert any(g.hit_budget for g in swept[30]) and not all(g.hit_budget for g in swept[30])
+
+
+def test_sampling_reproducible_and_independent_of_batch(tiny):
+  _, model, prompts = tiny
+  kw = dict(max_new_tokens=12, eos_ids=EOS, temperature=1.0, top_p=0.9, seed=3)
+  out = generate(model, prompts, **kw)
+  assert generate(model, prompts, **kw) == out
+  assert generate(model, prompts, batch_size=1, **kw) == out
+  # a row alone (with its row id) gets the same tokens as inside the batch
+  assert generate(model, [prompts[2]], row_ids=[2], **kw)[0] == out[2]
+  other_seed = generate(model, prompts, **{**kw, "seed": 4})
+  assert [g.tokens for g in other_seed] != [g.tokens for g in out]
+  greedy = generate(model, prompts, max_new_tokens=12, eos_ids=EOS)
+  assert [g.tokens for g in greedy] != [g.tokens for g in out]  # it does sample
+
+
+def test_s1_mode_wait_and_answer_marker(tiny):
+  hf, model, prompts = tiny
+  marker, wait = [9, 10], [11]
+
+  def reference(prompt, budget, answer, min_thinking):
+    out = []
+    while len(out) < budget:
+      tok = hf_greedy(hf, prompt + out, 1, eos=[-1])[0]
+      if tok in EOS:
+        if len(out) >= min_thinking:
+          break
+        out += wait[:budget - len(out)]
+      else:
+        out.append(tok)
+    think = len(out)
+    return out + marker + hf_greedy(hf, prompt + out + marker, answer), think
+
+  out = generate(model, prompts, mode="s1", thinking_budget=12, answer_tokens=4,
+                 trigger_ids=marker, wait_ids=wait, min_thinking=9, eos_ids=EOS)
+  for p, g in zip(prompts, out):
+    tokens, think = reference(p, 12, 4, 9)
+    assert g.tokens == tokens and g.thinking_tokens == think
+  assert wait[0] in out[0].tokens  # row 0 wanted to stop after 6 tokens: "Wait" instead
+
+
+def test_scanned_layers_model_decodes_unrolled(hf_checkpoint, tiny):
+  _, model, prompts = tiny
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  scanned = z1_jax.load_hf(path, scan_layers=True)
+  kw = dict(thinking_budget=10, answer_tokens=4, trigger_ids=TRIGGER, eos_ids=EOS)
+  assert generate(scanned, prompts, **kw) == generate(model, prompts, **kw)
+
+
+def test_default_trigger_is_the_z1_phrase_in_12_qwen_tokens():
+  from z1_jax.infer.budget import marker_ids
+  assert marker_ids("z1", None, None, None) == (271, 40, 916, 60565, 432, 11, 279, 1590, 4226,
+                                                 1265, 387, 1447)
+
+
+@pytest.mark.parametrize("kwargs, prompts, message", [
+    (dict(max_new_tokens=4), [[1, 2], []], "prompt 1 is empty"),
+    (dict(max_new_tokens=4), [[1, 400]], "prompt 0: id 400 is outside the model's vocabulary"),
+    (dict(max_new_tokens=4), [list(range(1, 255))], "exceed the model's maximum of 256"),
+    (dict(thinking_budget=3, answer_tokens=4, trigger_ids=TRIGGER), [[1]],
+     "thinking_budget=3 must exceed the trigger length"),
+    (dict(thinking_budget=8, answer_tokens=4, trigger_ids=[5, 999]), [[1]],
+     "trigger ids: id 999 is outside"),
+    (dict(max_new_tokens=4, tokenizer="/no/such/tokenizer"), [[1]],
+     "tokenizer '/no/such/tokenizer': cannot load it"),
+    (dict(max_new_tokens=4, thinking_budget=8, answer_tokens=2), [[1]], "not both"),
+    (dict(thinking_budget=8, trigger_ids=TRIGGER), [[1]], "needs answer_tokens"),
+    (dict(max_new_tokens=4, temperature=0, top_k=3), [[1]], "need a temperature"),
+])
+def test_bad_input_is_a_clear_error(tiny, kwargs, prompts, message):
+  _, model, _ = tiny
+  with pytest.raises(Z1Error, match=message):
+    generate(model, prompts, **kwargs)
+
+
+def test_cache_write_past_the_end_is_an_error(tiny):
+  import jax.numpy as jnp
+  from z1_jax.model.qwen2 import init_cache
+  _, model, _ = tiny
+  cache = init_cache(model.cfg, 1, 8)
+  with pytest.raises(ValueError, match=r"slots \[6, 9\) is outside the cache of 8 slots"):
+    model(jnp.ones((1, 3), jnp.int32), cache=cache, cache_index=6)
+
+
+def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
+  import jax
+  from z1_jax.model.sharding import SERVING_RULES, LogicalRules, make_mesh
+  _, model, prompts = tiny
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  rules = LogicalRules(make_mesh(data=4, fsdp=1, tensor=2), SERVING_RULES)
+  sharded = z1_jax.load_hf(path, rules=rules)
+  assert len(sharded.layers[0].mlp.down[...].sharding.device_set) == 8
+  kw = dict(thinking_budget=12, answer_tokens=6, trigger_ids=TRIGGER, eos_ids=EOS)
+  assert generate(sharded, prompts, **kw) == generate(model, prompts, **kw)

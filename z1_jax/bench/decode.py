@@ -1,0 +1,124 @@
+"""`z1 bench decode`: tokens/s of `z1_jax.generate` (the compiled decode loop) against HF
+transformers PyTorch `generate` (greedy) on the same random weights, fp32, on this machine.
+
+Decoding one token reads every weight once, so batch-1 speed is bound by memory bandwidth:
+the bound is (bytes read per token) / (read bandwidth measured here, in the same run). The
+decode rate excludes prefill and compile: it is the slope between a run of `gen_len` tokens
+and a run of one token. With `--budgets`, a budget sweep is timed against one run at the
+largest budget and against the separate per-budget runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from z1_jax.bench.common import median_time
+from z1_jax.checkpoint.hf import load_hf
+from z1_jax.infer.generate import generate, sweep
+from z1_jax.model.config import get_preset, to_hf_config
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+  """Bytes/s of a compiled sum over a `gib` GiB fp32 array (streams it from memory once)."""
+  x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()
+  seconds = median_time(lambda: total(x).block_until_ready(), repeats)
+  return x.nbytes / seconds
+
+
+def weight_bytes_per_token(model) -> int:
+  """Parameter bytes one decode step reads: all of them, except that an untied embedding
+  table is only looked up (one row per token), not read whole."""
+  from flax import nnx
+  params = nnx.state(model, nnx.Param)
+  total = sum(x.nbytes for x in jax.tree.leaves(params))
+  if not model.cfg.tie_word_embeddings:
+    total -= model.embed[...].nbytes
+  return total
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def bench_decode(preset: str = "qwen2.5-0.5b", batch: int = 1, prompt_len: int = 128,
+                 gen_len: int = 64, repeats: int = 3, budgets: list[int] | None = None,
+                 answer_tokens: int = 32, seed: int = 0) -> list[dict]:
+  import torch
+  import transformers
+  cfg = get_preset(preset)
+  torch.manual_seed(seed)
+  hf_cfg = transformers.Qwen2Config(**{k: v for k, v in to_hf_config(cfg, "float32").items()
+                                      if k not in ("architectures", "model_type")})
+  hf_model = transformers.Qwen2ForCausalLM(hf_cfg).eval()
+  prompts = np.random.RandomState(seed).randint(0, cfg.vocab_size, (batch, prompt_len))
+  with tempfile.TemporaryDirectory() as tmp:
+    hf_model.save_pretrained(tmp)
+    model = load_hf(tmp, dtype="float32")
+  ids = prompts.tolist()
+
+  def z1(n):
+    return lambda: generate(model, ids, max_new_tokens=n, eos_ids=[])
+
+  def hf(n):
+    def run():
+      with torch.inference_mode():
+        hf_model.generate(torch.as_tensor(prompts), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    return run
+
+  first = _timed(z1(gen_len))  # compiles prefill and loop
+  one_first = _timed(z1(1))  # one token shares the compiled shapes if gen_len <= 16
+  times = {"z1": [], "z1_one": [], "hf": []}
+  for _ in range(repeats):  # alternating rounds: this machine is shared and noisy
+    times["z1"].append(_timed(z1(gen_len)))
+    times["z1_one"].append(_timed(z1(1)))
+    times["hf"].append(_timed(hf(gen_len)))
+  z1_s, one_s, hf_s = (statistics.median(times[k]) for k in ("z1", "z1_one", "hf"))
+  decode_step_s = (z1_s - one_s) / (gen_len - 1)
+  bandwidth = read_bandwidth()
+  per_token = weight_bytes_per_token(model)
+  bound = bandwidth / per_token  # steps/s; each step makes `batch` tokens
+  common = {"preset": preset, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len,
+            "dtype": "float32", "backend": jax.default_backend(),
+            "torch_threads": torch.get_num_threads(), "rounds": repeats}
+  rows = [
+      {"impl": "z1-jax", **common, "tokens_per_s": batch * gen_len / z1_s,
+       "decode_tokens_per_s": batch / decode_step_s, "decode_step_ms": decode_step_s * 1e3,
+       "compile_s": first - z1_s + max(one_first - one_s, 0.0)},
+      {"impl": "hf-torch", **common, "tokens_per_s": batch * gen_len / hf_s},
+      {"impl": "ratio z1-jax/hf-torch", **common, "speedup": hf_s / z1_s},
+      {"impl": "memory-bandwidth bound", **common, "read_gb_per_s": bandwidth / 1e9,
+       "weight_gb_per_step": per_token / 1e9, "bound_steps_per_s": bound,
+       "z1_fraction_of_bound": (1 / decode_step_s) / bound},
+  ]
+  if budgets:
+    rows.append(_bench_sweep(model, ids, sorted(budgets), answer_tokens, common))
+  return rows
+
+
+def _bench_sweep(model, ids, budgets, answer_tokens, common) -> dict:
+  """Sweep vs one run at the largest budget vs the separate runs (random weights never end
+  by themselves: every row takes every branch, the sweep's worst case)."""
+  trigger = list(range(1, 13))  # 12 ids, as long as the Z1 trigger
+  kw = dict(answer_tokens=answer_tokens, trigger_ids=trigger, eos_ids=[])
+  run_sweep = lambda: sweep(model, ids, budgets, **kw)
+  run_one = lambda b: generate(model, ids, thinking_budget=b, **kw)
+  run_sweep(), run_one(budgets[-1])  # compile
+  [run_one(b) for b in budgets[:-1]]
+  sweep_s = _timed(run_sweep)
+  separate = [_timed(lambda b=b: run_one(b)) for b in budgets]
+  largest_s = separate[-1]
+  return {"impl": "z1-jax sweep", **common, "budgets": ",".join(map(str, budgets)),
+          "answer_tokens": answer_tokens, "sweep_s": sweep_s, "largest_budget_s": largest_s,
+          "separate_runs_s": sum(separate), "sweep_over_largest": sweep_s / largest_s,
+          "separate_over_sweep": sum(separate) / sweep_s}

@@ -1,0 +1,93 @@
+"""`z1 generate`: load a checkpoint (HF directory or Orbax), decode prompts, print the rows.
+
+Everything the user can get wrong is checked before the model loads; the model directory's
+tokenizer is used when it has one (a directory without one works with `--prompt-ids`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from z1_jax.errors import Z1Error
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def _check_flags(args) -> None:
+  budgeted = args.thinking_budget is not None
+  if budgeted and args.max_new_tokens is not None:
+    raise Z1Error("--max-new-tokens and --thinking-budget exclude each other "
+                  "(a budgeted run generates at most the budget plus --answer-tokens)")
+  if budgeted != (args.answer_tokens is not None):
+    raise Z1Error("--thinking-budget and --answer-tokens go together")
+  if not budgeted:
+    for flag, value in (("--trigger", args.trigger), ("--trigger-ids", args.trigger_ids),
+                        ("--placement", args.placement)):
+      if value is not None:
+        raise Z1Error(f"{flag} applies with --thinking-budget only")
+    if args.mode == "s1":
+      raise Z1Error("--mode s1 needs --thinking-budget and --answer-tokens")
+  if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+    raise Z1Error("--top-k / --top-p need --temperature > 0 (temperature 0 is greedy)")
+  source = Path(args.hf or args.ckpt).expanduser()
+  if args.ckpt and not source.is_dir():
+    raise Z1Error(f"--ckpt {args.ckpt}: Orbax checkpoint directory not found")
+  if args.tokenizer is None and args.prompt and not _has_tokenizer(source):
+    raise Z1Error(f"--prompt needs a tokenizer and {source} has none: pass --tokenizer DIR "
+                  "or give token ids with --prompt-ids")
+
+
+def _has_tokenizer(path: Path) -> bool:
+  return path.is_dir() and any((path / f).exists() for f in _TOKENIZER_FILES)
+
+
+def _mesh_rules(text: str | None):
+  """`--mesh DATA,TENSOR` -> serving rules on that mesh, or None for one device."""
+  if text is None:
+    return None
+  from z1_jax.model.sharding import SERVING_RULES, LogicalRules, make_mesh
+  try:
+    data, tensor = (int(x) for x in text.split(","))
+    mesh = make_mesh(data, 1, tensor)
+  except ValueError as e:
+    raise Z1Error(f"--mesh {text!r}: expected DATA,TENSOR that multiply to the device count "
+                  f"({e})") from None
+  return LogicalRules(mesh, SERVING_RULES)
+
+
+def run_generate(args) -> int:
+  _check_flags(args)
+  rules = _mesh_rules(args.mesh)
+  from z1_jax.infer.generate import _tokenizer, generate
+  source = Path(args.hf or args.ckpt).expanduser()
+  tokenizer = _tokenizer(args.tokenizer or (source if _has_tokenizer(source) else None))
+  if args.prompt:
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in args.prompt]
+  else:
+    prompts = args.prompt_ids
+  if args.hf:
+    from z1_jax.checkpoint.hf import load_hf
+    model = load_hf(args.hf, dtype=args.dtype, rules=rules)
+  else:
+    from z1_jax.checkpoint.orbax_io import load_params
+    overrides = {} if args.dtype is None else {"dtype": args.dtype}  # compute dtype
+    model = load_params(args.ckpt, rules=rules, **overrides)
+  budget = {} if args.thinking_budget is None else dict(
+      thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
+      placement=args.placement, trigger=args.trigger, trigger_ids=args.trigger_ids)
+  out = generate(model, prompts, max_new_tokens=None if budget else args.max_new_tokens or 256,
+                 mode=args.mode, eos_ids=args.eos_ids, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, tokenizer=tokenizer,
+                 batch_size=args.batch_size, **budget)
+  for i, g in enumerate(out):
+    row = {"prompt": i, "tokens": g.tokens, "thinking_tokens": g.thinking_tokens,
+           "hit_budget": g.hit_budget, "answer_tokens": g.answer_tokens, "ended": g.ended,
+           "text": g.text}
+    if args.json:
+      print(json.dumps(row, ensure_ascii=False))
+    else:
+      print(f"--- prompt {i}: {len(g.tokens)} tokens, thinking {g.thinking_tokens}, "
+            f"hit budget {g.hit_budget}, answer {g.answer_tokens}, ended {g.ended}")
+      print(g.text if g.text is not None else " ".join(map(str, g.tokens)))
+  return 0
