@@ -11,7 +11,9 @@ import pytest
 from z1_jax.cli import main
 
 CONFIG = "configs/z1-qwen2.5-coder-7b.toml"
-BASE = ["launch", "tpu", "--name", "z1-run", "--config", CONFIG, "--allow-dirty", "--skip-plan"]
+OUT = "gs://bucket/runs/z1-7b"
+BASE = ["launch", "tpu", "--name", "z1-run", "--config", CONFIG, "--out", OUT, "--allow-dirty",
+        "--skip-plan"]
 
 
 def _dry(capsys, *extra):
@@ -52,8 +54,8 @@ def test_dry_run_commands_per_accelerator(capsys, accelerator, zone, tier, creat
   assert "--worker=all" in install and '[tpu]"' in _script(install)
   assert "uv venv --python 3.11" in _script(install)
   assert "--worker=all" in start
-  assert ("train --config .z1-launch/z1-qwen2.5-coder-7b.toml train.global_batch=256 >"
-          in _script(start))
+  assert ("train --config .z1-launch/z1-qwen2.5-coder-7b.toml --out gs://bucket/runs/z1-7b "
+          "train.global_batch=256 >" in _script(start))
   assert "--worker=0" in logs and "tail -n 200 -F" in _script(logs)
   assert "memory plan skipped" in out
 
@@ -151,10 +153,12 @@ def test_launch_refuses_a_tpu_in_a_bad_state(fake_gcloud, capsys):
     ("--accelerator", "v5p-63", "--accelerator: unknown accelerator 'v5p-63'"),
     ("--config", "missing.toml", "--config missing.toml: file not found"),
     ("--code-uri", "/tmp/x", "--code-uri '/tmp/x'"),
+    ("--out", "/data/run", "this slice has 8 workers"),
+    ("--out", "gs://", "--out 'gs://'"),
 ])
 def test_bad_input_exits_2_naming_the_flag(capsys, flag, value, message):
   args = {"--name": "z1-run", "--zone": "us-east5-a", "--accelerator": "v5p-64",
-          "--config": CONFIG}
+          "--config": CONFIG, "--out": OUT}
   args[flag] = value
   argv = ["launch", "tpu", "--allow-dirty", "--skip-plan", "--dry-run",
           *[x for kv in args.items() for x in kv]]
@@ -174,3 +178,12 @@ def test_bad_override_and_usage_errors(capsys):
   with pytest.raises(SystemExit) as e:
     main([*BASE, "--accelerator", "v5p-64", "--zone", "us-east5-a", "--spot", "--reserved"])
   assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_single_host_slice_takes_an_absolute_local_out(capsys):
+  argv = [x if x != OUT else "/home/me/run" for x in BASE]
+  assert main([*argv, "--accelerator", "v4-8", "--zone", "us-central2-b", "--dry-run"]) == 0
+  assert "--out /home/me/run" in capsys.readouterr().out
+  argv = [x if x != OUT else "runs/z1" for x in BASE]
+  assert main([*argv, "--accelerator", "v4-8", "--zone", "us-central2-b", "--dry-run"]) == 2
+  assert "absolute path" in capsys.readouterr().err

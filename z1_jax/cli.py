@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
   l_tpu.add_argument("--accelerator", required=True,
                      help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ...")
   l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship")
+  l_tpu.add_argument("--out", required=True,
+                     help="run directory for `z1 train --out` on the workers: gs://bucket/path "
+                          "(required on multi-host slices) or an absolute path")
   l_tpu.add_argument("overrides", nargs="*", metavar="key=value",
                      help="config overrides passed to `z1 train` on every worker")
   tier = l_tpu.add_mutually_exclusive_group()

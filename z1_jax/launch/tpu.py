@@ -87,6 +87,22 @@ def accelerator_type(name: str):
   return f"{GCLOUD_FAMILY.get(gen, gen)}-{acc.name.split('-')[1]}", acc
 
 
+def check_out(out: str, hosts: int) -> str:
+  """The run directory every worker passes to `z1 train --out`: a gs:// URI (shared by all
+  workers, as Orbax multi-host checkpoints need) or, on a one-host slice, an absolute path."""
+  if out.startswith("gs://"):
+    if len(out) <= len("gs://") or out[5] == "/":
+      raise LaunchError(f"--out {out!r}: expected gs://bucket/path")
+    return out
+  if hosts > 1:
+    raise LaunchError(f"--out {out!r}: this slice has {hosts} workers, which must all write "
+                      "the same checkpoint directory: give a gs://bucket/path")
+  if not out.startswith("/"):
+    raise LaunchError(f"--out {out!r}: expected a gs://bucket/path or an absolute path on the "
+                      "worker (a relative one would depend on the shipped commit's directory)")
+  return out
+
+
 def check_overrides(overrides: list[str]) -> list[str]:
   for o in overrides:
     if not _OVERRIDE.match(o):
@@ -233,9 +249,9 @@ def install_script(sha: str, bundle: str, fetch: str | None, python: str) -> str
   return "; ".join(lines)  # one line: every printed gcloud command is one line
 
 
-def run_script(sha: str, config_name: str, overrides: list[str]) -> str:
+def run_script(sha: str, config_name: str, out: str, overrides: list[str]) -> str:
   """Starts `z1 train` detached (survives the ssh session), refusing to start a second one."""
-  train = shlex.join([f"{CONFIG_DIR}/{config_name}", *overrides])
+  train = shlex.join([f"{CONFIG_DIR}/{config_name}", "--out", out, *overrides])
   lines = [
       "set -euo pipefail",
       f'cd "{REMOTE_ROOT}/{sha[:12]}"',
@@ -324,6 +340,7 @@ def launch_tpu(args, out=None) -> int:
   config = Path(args.config)
   if not config.is_file():
     raise LaunchError(f"--config {config}: file not found")
+  check_out(args.out, acc.hosts)
   if args.code_uri is not None and not args.code_uri.startswith("gs://"):
     raise LaunchError(f"--code-uri {args.code_uri!r}: expected a gs://bucket/prefix URI")
   g = Gcloud(args.project, args.dry_run, out)
@@ -350,7 +367,7 @@ def launch_tpu(args, out=None) -> int:
       g("compute", "tpus", "tpu-vm", "scp", str(local), f"{tpu.name}:{bundle}", tpu.zone_flag(),
         "--worker=all")
   tpu.ssh(g, "all", install_script(sha, bundle, fetch, args.remote_python))
-  tpu.ssh(g, "all", run_script(sha, config.name, overrides))
+  tpu.ssh(g, "all", run_script(sha, config.name, args.out, overrides))
   if args.follow:
     g.note("streaming worker 0's log; Ctrl-C stops the streaming, not the run")
     tpu.ssh(g, "0", logs_script(200, follow=True), check=False)
