@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -121,47 +119,32 @@ def hf_reproduces(hf_dir: Path, prompt: list[int], generation, budget: int, trig
   return first + list(trigger_ids) + answer == ours
 
 
-def _prepare_out(out: str | None, overwrite: bool) -> tuple[Path, Path]:
-  """(final directory, temporary work directory beside it)."""
-  if out is None:
-    import tempfile
-    final = Path(tempfile.mkdtemp(prefix="z1-demo-"))
-    final.rmdir()  # recreated by the final rename
-  else:
-    final = Path(out).expanduser().absolute()
-    if final.exists() and not final.is_dir():
-      raise Z1Error(f"--out {final}: exists and is not a directory")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-      raise Z1Error(f"--out {final}: directory exists and is not empty; pass --overwrite to "
-                    "replace it, or give a new directory")
-    if Path.cwd().resolve().is_relative_to(final.resolve()) and final.exists():
-      raise Z1Error(f"--out {final}: holds the current directory; refusing to replace it")
-  final.parent.mkdir(parents=True, exist_ok=True)
-  work = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-  work.mkdir()
-  return final, work
+# What the demo writes into `--out`: a directory holding only these is a previous demo output.
+DEMO_OUTPUTS = frozenset({"data", "tokenizer", "cache", "train", "hf", "samples.jsonl",
+                          "summary.json", "summary.md", "sweep.png", "demo.json"})
 
 
 def run_demo(out: str | None = None, overrides: list[str] = (), config: str | None = None,
              settings: DemoSettings = DemoSettings(), overwrite: bool = False) -> int:
+  """Runs the demo into `out` (default: a new directory under the system temp directory);
+  returns 0 when every stage ran and transformers reproduced the greedy answer."""
+  import tempfile
   from z1_jax.config import load_config
+  from z1_jax.outputs import atomic_path, check_output_dir
   cfg_path = Path(config) if config else DEFAULT_CONFIG
   if not cfg_path.is_file():
-    raise Z1Error(f"demo config not found: {cfg_path} (pass --config)")
+    raise Z1Error(f"--config {cfg_path}: file not found")
   load_config(cfg_path, list(overrides))  # bad keys and values fail before any work
-  final, root = _prepare_out(out, overwrite)
-  try:
+  if not all(b > 0 for b in settings.budgets):
+    raise Z1Error(f"--budgets {settings.budgets}: thinking budgets must be > 0")
+  if out is None:
+    out = Path(tempfile.gettempdir()) / f"z1-demo-{uuid.uuid4().hex[:8]}"
+  final = check_output_dir(out, "--out", overwrite, what="demo output",
+                           is_previous=lambda p: {e.name for e in p.iterdir()} <= DEMO_OUTPUTS,
+                           inputs=[("--config", cfg_path)])
+  with atomic_path(final) as root:
+    root.mkdir(parents=True)
     summary = _run(root, cfg_path, list(overrides), settings)
-    if final.exists():
-      old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-      os.replace(final, old)
-      os.replace(root, final)
-      shutil.rmtree(old)
-    else:
-      os.replace(root, final)
-  finally:
-    if root.exists():
-      shutil.rmtree(root, ignore_errors=True)
   print(f"[demo] outputs in {final}", flush=True)
   return 0 if summary["hf_reproduces_greedy_answer"] else 1
 

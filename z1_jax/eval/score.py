@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from z1_jax.data.sources import jsonl_records
+from z1_jax.data.sources import DataError, jsonl_records
 from z1_jax.eval.answers import score_math, score_mc
 from z1_jax.eval.benchmarks import Problem
 from z1_jax.eval.code import run_tests
@@ -30,7 +30,12 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"samples file not found: {path}")
-  return [row for _, row in jsonl_records(path)]
+  if path.is_dir():
+    raise DataError(f"{path} is a directory; expected a JSONL file of samples")
+  rows = [row for _, row in jsonl_records(path)]
+  if not rows:
+    raise DataError(f"{path}: no samples (empty file)")
+  return rows
 
 
 def _sample_id(row: dict, where: str) -> str:
@@ -76,13 +81,19 @@ class Scorer:
         raise ValueError(f"{where}: 'completion' missing or not a string")
       jobs.append((sid, row["completion"]))
     results: list[dict | None] = [None] * len(jobs)
-    with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="z1-score") as pool:
+    pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="z1-score")
+    try:
       futures = {pool.submit(self.score_one, self.problems[sid], c): i
                  for i, (sid, c) in enumerate(jobs)}
       for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="score", unit="sample",
                       disable=not progress):
         i = futures[fut]
         results[i] = {"id": jobs[i][0], **fut.result()}
+    except BaseException:
+      # Ctrl-C or an error: drop the queued samples instead of running them all first.
+      pool.shutdown(wait=False, cancel_futures=True)
+      raise
+    pool.shutdown()
     return results, summarize(results)
 
   def close(self):
