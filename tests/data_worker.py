@@ -37,7 +37,7 @@ if mode == "multihost":
                           make_mesh(2, 2, 2))
   rows, shapes = [], []
   for batch in batches:
-    rows += batch["row_id"].tolist()
+    rows += batch["row_id"][batches.rows].tolist()  # the rows this host fed
     shapes.append(list(batch["inputs"].shape))
     local = [np.asarray(s.data) for s in batch["inputs"].addressable_shards]
     assert all(x.shape == (1, 128) for x in local), [x.shape for x in local]

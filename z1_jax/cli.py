@@ -58,6 +58,16 @@ def cmd_launch(args) -> int:
   return run(args)
 
 
+def cmd_train(args) -> int:
+  from z1_jax.train.distributed import initialize
+  initialize(args.coordinator, args.num_processes, args.process_id)
+  from z1_jax.config import load_config
+  from z1_jax.train.loop import train
+  summary = train(load_config(args.config, args.overrides), args.out)
+  print(json.dumps(summary))
+  return 0
+
+
 def _packed(args):
   from z1_jax.data.encode import EncodeConfig, encode_dataset
   from z1_jax.data.pack import pack
@@ -266,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DATA,TENSOR serving mesh (default: one device)")
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.set_defaults(fn=cmd_generate)
+
+  tr = sub.add_parser("train", help="SFT on packed Z1 data (resumes when --out holds a run)",
+                      description="Train from a TOML run config (configs/*.toml). Extra "
+                      "arguments section.key=value override it, e.g. train.max_steps=10 "
+                      "checkpoint.every_steps=5 train.peak_lr=2e-5.")
+  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml")
+  tr.add_argument("--out", required=True,
+                  help="run directory: checkpoints/, metrics.jsonl, tb/ (resumed if it holds "
+                       "a run)")
+  tr.add_argument("overrides", nargs="*", metavar="section.key=value",
+                  help="config overrides (default: none)")
+  tr.add_argument("--coordinator", default=None,
+                  help="multi-process: coordinator host:port (default: single process; TPU "
+                       "pods find their peers without it)")
+  tr.add_argument("--num-processes", type=positive_int, default=None,
+                  help="multi-process: number of processes (default: none)")
+  tr.add_argument("--process-id", type=non_negative_int, default=None,
+                  help="multi-process: this process's index (default: none)")
+  tr.set_defaults(fn=cmd_train)
 
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, type=choice_of(_benchmarks, "benchmark"),
