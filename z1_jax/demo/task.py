@@ -1,15 +1,21 @@
 """The demo's synthetic code-reasoning task: *chain* programs on one value, answered by running
 them, in the Z1 dataset schema.
 
-A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10:
-  question   x=3;x+=7;x-=2;x+=5;print(x%10)          (real Python; the answer is what it prints)
-  trace      3+7=0;0-2=8;8+5=3                       (one step per statement, modulo 10)
+A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10; each
+statement stores its result in the next variable:
+  question   a=3;b=a+7;c=b-2;d=c+5;print(d%10)      (real Python; the answer is what it prints)
+  trace      b=a+7=0;c=b-2=8;d=c+5=3                (each statement, then its value modulo 10)
 Each step depends only on the previous value and the next statement, and only + and - occur
-(multiplication skews answers towards 0 and tasks that look up several variables stayed near
-chance in the prototype). No statement repeats within a program, so the next statement is found
-by content from the one just done. Three kinds of rows, the way Z1 mixes short and long reasoning:
+(multiplication skews answers towards 0 and tasks that look up several variables' latest values
+stayed near chance in the prototype). A trace step copies its statement from the program and
+appends the value: the copy is what small transformers learn first (an induction head: continue
+the program text from where the trace is), and the value needs only the previous step's value
+and the statement just copied, at fixed offsets. A 0.8M-parameter model given the issue's
+prototype trace (`3+7=0;0-2=8`, one variable) had to count statements to find the next one and
+stayed near chance after 600 steps on this CPU. Statements do not repeat within a program.
+Three kinds of rows, the way Z1 mixes short and long reasoning:
   direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
-  trace   the whole trace, then the answer line: `3+7=0;0-2=8;8+5=3\\nanswer: 3`
+  trace   the whole trace, then the answer line: `b=a+7=0;c=b-2=8;d=c+5=3\\nanswer: 3`
   cut     the trace cut at a random point by `ANSWER_TRIGGER`, then the true answer line. A
           model trained from scratch has never seen the trigger (an instruct model has read
           text like it): these rows teach it to answer right after the trigger.
@@ -37,6 +43,7 @@ KINDS = ("direct", "trace", "cut")
 # The statements +1..+9 and -1..-9; a program uses each at most once, so the statement after
 # the one a trace step just did is found by content (an induction-head lookup), unambiguously.
 STATEMENTS = np.asarray([k for k in range(-(MODULUS - 1), MODULUS) if k])
+VARIABLES = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +69,17 @@ class ChainTask:
     return (self.max_steps - self.direct_max_steps) / span
 
 
+def variables(steps: int) -> str:
+  """`a` holds the start value, then one new variable per statement: `b`, `c`, ..."""
+  return VARIABLES[:steps + 1]
+
+
 def program_text(start: int, ops: list[int]) -> str:
-  """`x=3;x+=7;x-=2;print(x%10)`: a Python program (statements joined by `;`)."""
-  body = "".join(f";x+={k}" if k > 0 else f";x-={-k}" for k in ops)
-  return f"x={start}{body};print(x%{MODULUS})"
+  """`a=3;b=a+7;c=b-2;print(c%10)`: a Python program (statements joined by `;`)."""
+  names = variables(len(ops))
+  body = "".join(f";{names[i + 1]}={names[i]}{'+' if k > 0 else '-'}{abs(k)}"
+                 for i, k in enumerate(ops))
+  return f"{names[0]}={start}{body};print({names[-1]}%{MODULUS})"
 
 
 def run_program(question: str) -> int:
@@ -77,12 +91,13 @@ def run_program(question: str) -> int:
 
 
 def trace_text(start: int, ops: list[int]) -> str:
-  """`3+7=0;0-2=8`: one `value op k = next` step per statement, values modulo 10."""
+  """`b=a+7=0;c=b-2=8`: per statement, the statement as the program writes it, then its value
+  (modulo 10); the start value is the program's own `a=3`."""
+  names = variables(len(ops))
   steps, x = [], start
-  for k in ops:
-    nxt = (x + k) % MODULUS
-    steps.append(f"{x}{'+' if k > 0 else '-'}{abs(k)}={nxt}")
-    x = nxt
+  for i, k in enumerate(ops):
+    x = (x + k) % MODULUS
+    steps.append(f"{names[i + 1]}={names[i]}{'+' if k > 0 else '-'}{abs(k)}={x}")
   return ";".join(steps)
 
 
