@@ -12,11 +12,11 @@ from z1_jax.demo.task import (ChainTask, chance_level, count_tokens, extract_ans
 
 
 def test_program_trace_and_answer_by_execution():
-  q = program_text(3, [7, -2, 5])
-  assert q == "a=3;b=a+7;c=b-2;d=c+5;print(d%10)"
+  q = program_text(3, [7, -2, 5], max_steps=4)
+  assert q == "x=3;x+=7;x-=2;x+=5;print(x%10)\n\n\n\n"  # padded to a 4-statement program
   assert run_program(q) == 3  # 3+7-2+5 = 13
-  assert trace_text(3, [7, -2, 5]) == "b=a+7=0;c=b-2=8;d=c+5=3"
-  assert run_program(program_text(1, [-9, -9])) == 3  # Python's % keeps it in 0..9
+  assert trace_text(3, [7, -2, 5]) == "3+7=0-2=8+5=3"
+  assert run_program(program_text(1, [-9, -9], max_steps=2)) == 3  # Python's % stays in 0..9
 
 
 def test_rows_schema_kinds_and_answers():
@@ -27,10 +27,9 @@ def test_rows_schema_kinds_and_answers():
   for r in rows:
     assert set(r) == {"question", "response", "answer", "steps", "kind"}
     json.dumps(r)
-    ops = [int(s[4:]) * (1 if s[3] == "+" else -1) for s in r["question"].split(";")[1:-1]]
+    ops = [int(s[3:]) * (1 if s[1] == "+" else -1) for s in r["question"].split(";")[1:-1]]
     start = int(r["question"].split(";")[0][2:])
     assert len(ops) == r["steps"] and task.min_steps <= r["steps"] <= task.max_steps
-    assert len(set(ops)) == len(ops)  # no statement repeats
     assert r["answer"] == run_program(r["question"]) == (start + sum(ops)) % 10
     trace = trace_text(start, ops)
     assert extract_answer(r["response"]) == r["answer"]
@@ -48,9 +47,9 @@ def test_rows_schema_kinds_and_answers():
 
 
 def test_extract_answer_and_chance_level():
-  assert extract_answer("b=a+7=0;c=b-" + ANSWER_TRIGGER + "answer: 7") == 7
+  assert extract_answer("3+7=0-" + ANSWER_TRIGGER + "answer: 7") == 7
   assert extract_answer("answer: 1 ... answer: 4") == 4
-  assert extract_answer("b=a+7=0;c=b-2=8") is None
+  assert extract_answer("3+7=0-2=8") is None
   assert chance_level([1, 1, 2, 3]) == 0.5
   answers = [r["answer"] for r in generate(2000, seed=3)]
   assert 0.1 <= chance_level(answers) < 0.14  # + and - keep answers near uniform over 0..9
@@ -71,8 +70,10 @@ def test_tokenizer_renders_z1_format_and_the_trigger(tmp_path):
   assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
   for text in texts[:50]:
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-  step = tok("c=b+7=0;", add_special_tokens=False)["input_ids"]
-  assert len(step) == 8  # one token per variable, digit and operator
+  # statement i and trace step i are 4 tokens each and every program has the same length
+  assert len(tok(";x+=7", add_special_tokens=False)["input_ids"]) == 4
+  assert len(tok("+7=0", add_special_tokens=False)["input_ids"]) == 4
+  assert len({len(tok(r["question"])["input_ids"]) for r in rows}) == 1
   trigger = tok(ANSWER_TRIGGER, add_special_tokens=False)["input_ids"]
   for r in (r for r in rows if r["kind"] == "cut"):
     ids = tok(r["response"], add_special_tokens=False)["input_ids"]

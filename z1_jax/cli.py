@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--eval-examples", type=positive_int, default=200,
                     help="held-out programs in the sweep (default 200)")
   demo.add_argument("--budgets", type=int_list, default=None,
-                    help="thinking budgets, trigger included (default 16,32,48,64,96)")
+                    help="thinking budgets, trigger included (default 16,24,32,40,56)")
   demo.add_argument("--seed", type=non_negative_int, default=0, help="task seed (default 0)")
   demo.set_defaults(fn=cmd_demo)
 

@@ -35,7 +35,7 @@ BENCHMARK = "chain"
 class DemoSettings:
   train_examples: int = 8000
   eval_examples: int = 200
-  budgets: tuple[int, ...] = (16, 32, 48, 64, 96)  # thinking tokens, trigger included
+  budgets: tuple[int, ...] = (16, 24, 32, 40, 56)  # thinking tokens, trigger included
   answer_tokens: int = 8  # "answer: 7<|im_end|>" is 5 tokens
   vocab_size: int = 384  # tokenizer; the z1-demo preset's vocabulary has this size
   task: chain.ChainTask = chain.ChainTask()

@@ -1,21 +1,20 @@
 """The demo's synthetic code-reasoning task: *chain* programs on one value, answered by running
 them, in the Z1 dataset schema.
 
-A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10; each
-statement stores its result in the next variable:
-  question   a=3;b=a+7;c=b-2;d=c+5;print(d%10)      (real Python; the answer is what it prints)
-  trace      b=a+7=0;c=b-2=8;d=c+5=3                (each statement, then its value modulo 10)
+A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10:
+  question   x=3;x+=7;x-=2;x+=5;print(x%10)         (real Python; the answer is what it prints)
+  trace      3+7=0-2=8+5=3                           (one `op k = value` per statement, mod 10)
 Each step depends only on the previous value and the next statement, and only + and - occur
 (multiplication skews answers towards 0 and tasks that look up several variables' latest values
-stayed near chance in the prototype). A trace step copies its statement from the program and
-appends the value: the copy is what small transformers learn first (an induction head: continue
-the program text from where the trace is), and the value needs only the previous step's value
-and the statement just copied, at fixed offsets. A 0.8M-parameter model given the issue's
-prototype trace (`3+7=0;0-2=8`, one variable) had to count statements to find the next one and
-stayed near chance after 600 steps on this CPU. Statements do not repeat within a program.
+stayed near chance in the prototype). Programs end with blank lines up to a fixed length, and a
+statement and a trace step are both 4 tokens, so step i of the trace reads statement i at one
+fixed distance in every example: a relative-position lookup, which a tiny model learns in a few
+hundred steps. Without the padding the distance depends on the program's length and the model
+must count statements: a 0.84M-parameter model trained that way (with and without one variable
+per statement) learned the format but stayed at chance after 600 steps on this CPU.
 Three kinds of rows, the way Z1 mixes short and long reasoning:
   direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
-  trace   the whole trace, then the answer line: `b=a+7=0;c=b-2=8;d=c+5=3\\nanswer: 3`
+  trace   the whole trace, then the answer line: `3+7=0-2=8+5=3\\nanswer: 3`
   cut     the trace cut at a random point by `ANSWER_TRIGGER`, then the true answer line. A
           model trained from scratch has never seen the trigger (an instruct model has read
           text like it): these rows teach it to answer right after the trigger.
@@ -40,10 +39,10 @@ MODULUS = 10
 ANSWER_PREFIX = "answer: "
 _ANSWER = re.compile(re.escape(ANSWER_PREFIX) + r"(\d+)")
 KINDS = ("direct", "trace", "cut")
-# The statements +1..+9 and -1..-9; a program uses each at most once, so the statement after
-# the one a trace step just did is found by content (an induction-head lookup), unambiguously.
-STATEMENTS = np.asarray([k for k in range(-(MODULUS - 1), MODULUS) if k])
-VARIABLES = "abcdefghijklmnopqrstuvwxyz"
+# Tokens per statement: `;` `x` `+=` `7` in the program, `+` `7` `=` `0` in the trace. Programs
+# are padded with one blank line per token of a missing statement, so every program has the
+# same length and statement i sits at the same distance from trace step i in every example.
+PAD_PER_STEP = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +53,8 @@ class ChainTask:
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
 
   def __post_init__(self):
-    if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps <= len(STATEMENTS):
-      raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps <= "
-                       f"{len(STATEMENTS)}")
+    if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps:
+      raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps")
     hard = self.hard_fraction
     if not 0 <= self.cut_fraction <= hard:
       raise ValueError(f"cut_fraction={self.cut_fraction}: must lie in [0, {hard:.3f}], the "
@@ -69,17 +67,10 @@ class ChainTask:
     return (self.max_steps - self.direct_max_steps) / span
 
 
-def variables(steps: int) -> str:
-  """`a` holds the start value, then one new variable per statement: `b`, `c`, ..."""
-  return VARIABLES[:steps + 1]
-
-
-def program_text(start: int, ops: list[int]) -> str:
-  """`a=3;b=a+7;c=b-2;print(c%10)`: a Python program (statements joined by `;`)."""
-  names = variables(len(ops))
-  body = "".join(f";{names[i + 1]}={names[i]}{'+' if k > 0 else '-'}{abs(k)}"
-                 for i, k in enumerate(ops))
-  return f"{names[0]}={start}{body};print({names[-1]}%{MODULUS})"
+def program_text(start: int, ops: list[int], max_steps: int) -> str:
+  """`x=3;x+=7;x-=2;print(x%10)`, then blank lines up to the length of a `max_steps` program."""
+  body = "".join(f";x+={k}" if k > 0 else f";x-={-k}" for k in ops)
+  return f"x={start}{body};print(x%{MODULUS})" + "\n" * (PAD_PER_STEP * (max_steps - len(ops)))
 
 
 def run_program(question: str) -> int:
@@ -91,14 +82,12 @@ def run_program(question: str) -> int:
 
 
 def trace_text(start: int, ops: list[int]) -> str:
-  """`b=a+7=0;c=b-2=8`: per statement, the statement as the program writes it, then its value
-  (modulo 10); the start value is the program's own `a=3`."""
-  names = variables(len(ops))
-  steps, x = [], start
-  for i, k in enumerate(ops):
+  """`3+7=0-2=8`: the start value, then per statement `op k = value` (modulo 10)."""
+  parts, x = [str(start)], start
+  for k in ops:
     x = (x + k) % MODULUS
-    steps.append(f"{names[i + 1]}={names[i]}{'+' if k > 0 else '-'}{abs(k)}={x}")
-  return ";".join(steps)
+    parts.append(f"{'+' if k > 0 else '-'}{abs(k)}={x}")
+  return "".join(parts)
 
 
 def answer_line(answer: int) -> str:
@@ -114,8 +103,8 @@ def extract_answer(text: str) -> int | None:
 def make_row(rng: np.random.Generator, task: ChainTask) -> dict:
   steps = int(rng.integers(task.min_steps, task.max_steps + 1))
   start = int(rng.integers(0, MODULUS))
-  ops = [int(k) for k in rng.choice(STATEMENTS, steps, replace=False)]
-  question = program_text(start, ops)
+  ops = [int(k) * (1 if rng.random() < 0.5 else -1) for k in rng.integers(1, MODULUS, steps)]
+  question = program_text(start, ops, task.max_steps)
   answer = run_program(question)
   if steps <= task.direct_max_steps:
     kind, response = "direct", answer_line(answer)

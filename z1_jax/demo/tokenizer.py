@@ -1,9 +1,10 @@
 """A small byte-level BPE tokenizer trained on the demo task, saved as a HF tokenizer directory.
 
 Digits and operators stay single tokens (the GPT-2 pre-tokenizer splits them apart, digits are
-split one by one, newlines stand alone), so a trace step `3+7=0;` is six tokens the model can compute one at a
-time; words (the system prompt, the answer trigger) merge into whole-word tokens. It carries the
-Qwen chat special tokens, so `z1_jax.data` renders and tokenizes the Z1 format unchanged.
+split one by one, newlines stand alone), so a trace step `+7=0` is four tokens the model computes
+one at a time; words (the system prompt, the answer trigger) and `+=` / `-=` merge into single
+tokens. It carries the Qwen chat special tokens, so `z1_jax.data` renders and tokenizes the Z1
+format unchanged.
 The 7B path keeps the Qwen tokenizer; this one exists because a tiny model trained from scratch
 on a 151k vocabulary would spend the CPU budget on its embedding table.
 """
