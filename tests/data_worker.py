@@ -44,7 +44,7 @@ if mode == "multihost":
   result = {"process": jax.process_index(), "rows": rows, "shapes": shapes}
 else:
   batches = GlobalBatches(packed, PipelineConfig(global_batch=2, seed=3, epochs=2),
-                          make_mesh(2, 4, 1))
+                          make_mesh(2, 1, 4))  # batch 2 over data*fsdp = 2 (must divide)
   action = sys.argv[4] if len(sys.argv) > 4 else None
   if action == "restore":
     batches.set_state(json.load(open(sys.argv[5])))

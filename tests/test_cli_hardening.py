@@ -54,6 +54,7 @@ BAD_INVOCATIONS = [
     ("convert orbax-to-hf --ckpt {ck} --out {ck}/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --dtype int8", 2, "--dtype"),
     ("convert orbax-to-hf --ckpt {hfA} --out {new}", 2, "hf-to-orbax"),
+    ("convert orbax-to-hf --ckpt {ck}/0 --out {new}", 2, "it is step 0 of one, pass"),
     ("convert orbax-to-hf --ckpt {file} --out {new}", 2, "--ckpt"),
     ("convert orbax-to-hf --ckpt nope --out {new}", 2, "not found"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --max-shard-size 0", 2, "--max-shard-size"),
@@ -83,7 +84,7 @@ BAD_INVOCATIONS = [
     ("data stats --dataset {file}", 2, "unsupported file type"),
     ("data stats --dataset nope.jsonl", 2, "dataset not found"),
     ("data stats --dataset no-such-org/no-such-data", 2, "local"),
-    ("data stats --tokenizer nope", 2, "tokenizer directory not found"),
+    ("data stats --tokenizer nope", 2, "cannot load a tokenizer from 'nope': no such directory"),
     ("data stats --tokenizer {hfA}/config.json", 2, "is a file"),
     # score: numbers, outputs (checked before scoring), inputs
     ("score --benchmark humaneval --samples {samples} --timeout 0", 2, "--timeout"),
@@ -116,6 +117,8 @@ BAD_INVOCATIONS = [
     # demo: never writes into a directory of other files, or over a file
     ("demo --out {hfA}", 2, "not a previous demo output"),
     ("demo --out {file}", 2, "is an existing file"),
+    ("demo --out {demo_prev}", 2, "pass --overwrite"),
+    ("data pack --seq-len 8 --out {new}.jsonl", 2, "no example fits"),
     # global
     ("nope", 2, "invalid choice"),
 ]
@@ -190,6 +193,9 @@ def world(tmp_path_factory, hf_checkpoint):
   w["samples"].write_text("".join(json.dumps({"task_id": p.id, "completion":
                                               p.tests["canonical_solution"]}) + "\n"
                                   for p in problems))
+  w["demo_prev"] = root / "demo"
+  for name in ("hf_a", "orbax"):
+    (w["demo_prev"] / name).mkdir(parents=True)
   w["verdicts"] = root / "verdicts.jsonl"
   w["verdicts"].write_text('{"previous": true}\n')
   w["rows"] = root / "rows.jsonl"
@@ -206,7 +212,8 @@ def test_bad_invocation(template, code, needle, world, capsys, monkeypatch):
   assert got == code, (got, out, err)
   assert needle in err, err
   assert "Traceback" not in err + out
-  assert len(err.strip().splitlines()) <= 2, err  # one message (and where to look)
+  lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # no bars
+  assert len(lines) <= 2 and sum("error" in line for line in lines) == 1, err  # one message
   assert tree_digest(world["world"]) == before
 
 
@@ -271,6 +278,19 @@ def test_dataset_formats_users_have_on_disk(tmp_path, capsys):
     assert json.loads(out)["examples"] == n, name
 
 
+def test_corrupt_tokenization_cache_is_reported_and_rewritten(tmp_path, capsys):
+  argv = ["data", "stats", "--seq-len", "256", "--cache-dir", str(tmp_path / "cache")]
+  code, first, err = run_z1(argv, capsys)
+  assert code == 0, err
+  (cache,) = (tmp_path / "cache").iterdir()
+  cache.write_bytes(cache.read_bytes()[:100])  # damaged from outside (z1 writes atomically)
+  code, out, err = run_z1(argv, capsys)
+  assert code == 0 and "ignoring unreadable tokenization cache" in err
+  assert json.loads(out)["tokens"] == json.loads(first)["tokens"]
+  code, out, _ = run_z1(argv, capsys)
+  assert code == 0 and json.loads(out)["tokenized_from_cache"]
+
+
 def test_score_output_and_overwrite(world, tmp_path, capsys):
   out = tmp_path / "v.jsonl"
   argv = ["score", "--benchmark", "humaneval", "--samples", str(world["samples"]), "--out",
@@ -288,6 +308,9 @@ def _interrupt_cases(world, tmp):
   """name -> (previous output, argv that replaces it, check that the output is the new one)."""
   samples = world["samples"]
   return {
+      "hf-to-orbax-in-orbax": (world["ck"], ["convert", "hf-to-orbax", "--hf", str(world["hfB"]),
+                                             "--out", "{out}", "--overwrite"],
+                               lambda p: (p / "0").is_dir() and "48" in _orbax_hidden(p)),
       "hf-to-orbax": (world["ck"], ["convert", "hf-to-orbax", "--hf", str(world["hfB"]),
                                     "--out", "{out}", "--overwrite"],
                       lambda p: (p / "0").is_dir() and "48" in _orbax_hidden(p)),
@@ -331,7 +354,8 @@ def _run_paused(argv, pause_at, marker, sig, cwd):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-@pytest.mark.parametrize("case", ["hf-to-orbax", "orbax-to-hf", "data-pack", "score"])
+@pytest.mark.parametrize("case", ["hf-to-orbax", "hf-to-orbax-in-orbax", "orbax-to-hf",
+                                  "data-pack", "score"])
 def test_interrupted_write_keeps_previous_output(case, sig, world, tmp_path, capsys):
   previous, argv, is_new = _interrupt_cases(world, tmp_path)[case]
   work = tmp_path / "work"
@@ -341,7 +365,9 @@ def test_interrupted_write_keeps_previous_output(case, sig, world, tmp_path, cap
   (work / "neighbour.txt").write_text("keep me")
   before = tree_digest(work)
   argv = [a.replace("{out}", str(out)) for a in argv]
-  rc, _, err = _run_paused(argv, "z1_jax.outputs:commit", tmp_path / "paused", sig, work)
+  pause_at = ("orbax.checkpoint:CheckpointManager.wait_until_finished" if "in-orbax" in case
+              else "z1_jax.outputs:commit")  # Orbax still writing, or all written
+  rc, _, err = _run_paused(argv, pause_at, tmp_path / "paused", sig, work)
   if sig == signal.SIGINT:
     assert rc == 130, err
     assert "interrupted" in err and "Traceback" not in err
@@ -370,3 +396,31 @@ def test_ctrl_c_while_scoring_stops_promptly(world, tmp_path):
   assert time.monotonic() - start < 100  # not the 120 s the paused sample would take
   assert out.read_text() == '{"previous": true}\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == ["paused", "v.jsonl"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+@pytest.mark.parametrize("argv", [["data", "pack", "--seq-len", "64", "--out", "{ro}/rows.jsonl"],
+                                  ["data", "stats", "--cache-dir", "{ro}/cache"],
+                                  ["score", "--benchmark", "humaneval", "--samples", "{samples}",
+                                   "--out", "{ro}/v.jsonl"]])
+def test_read_only_output_location(argv, world, tmp_path, capsys):
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  ro.chmod(0o555)
+  try:
+    code, _, err = run_z1([a.format(ro=ro, samples=world["samples"]) for a in argv], capsys)
+  finally:
+    ro.chmod(0o755)
+  assert code == 2 and "permission denied" in err and "Traceback" not in err
+  assert list(ro.iterdir()) == []
+
+
+def test_output_checks_refuse_unwritable_locations(tmp_path, monkeypatch):
+  """The same refusals as above, where the tests run as root: `os.access` says no."""
+  from z1_jax import outputs
+  from z1_jax.errors import Z1Error
+  monkeypatch.setattr(outputs.os, "access", lambda path, mode: False)
+  with pytest.raises(Z1Error, match="--out .*permission denied"):
+    outputs.check_output_file(tmp_path / "rows.jsonl", "--out")
+  with pytest.raises(Z1Error, match="--cache-dir .*not writable"):
+    outputs.check_dir(tmp_path, "--cache-dir")

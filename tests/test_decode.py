@@ -172,3 +172,25 @@ def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
   assert len(sharded.layers[0].mlp.down[...].sharding.device_set) == 8
   kw = dict(thinking_budget=12, answer_tokens=6, trigger_ids=TRIGGER, eos_ids=EOS)
   assert generate(sharded, prompts, **kw) == generate(model, prompts, **kw)
+
+
+def test_decode_loop_updates_the_donated_cache_in_place(tiny):
+  import re
+  from flax import nnx
+  from z1_jax.infer import loop
+  from z1_jax.infer.decode import left_pad
+  from z1_jax.infer.sampling import Sampling
+  _, model, _ = tiny
+  graphdef, params = nnx.split(model)
+  spec = loop.LoopSpec(Sampling(), tuple(EOS), tuple(TRIGGER))
+  ctl = loop.controls(trigger_step=10, stop=20, answer_tokens=5)
+  arrays = (*left_pad([[1, 2, 3], [4]], width=16), np.array([3, 1], np.int32),
+            np.array([0, 1], np.int32), np.zeros(2, bool))
+  state = loop.start(graphdef, params, *arrays, ctl, spec=spec, cache_len=48, width=32)
+  hlo = loop.run.lower(graphdef, params, state, ctl, spec=spec).compile().as_text()
+  cache = re.escape(f"f32[2,{model.cfg.num_kv_heads},48,{model.cfg.dim_per_head}]")
+  assert re.search(cache + r"\{[^}]*\} dynamic-update-slice\(", hlo)
+  assert not re.search(cache + r"\{[^}]*\} copy\(", hlo)  # no per-token copy of the cache
+  out = loop.run(graphdef, params, state, ctl, spec=spec)
+  assert state.cache.k[0].is_deleted()  # donated: the loop reused its buffers
+  assert int(out.step) == 10 + 3 + 5  # window, trigger, answer: every row done

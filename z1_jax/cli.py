@@ -30,6 +30,9 @@ def cmd_bench(args) -> int:
   if args.what == "forward":
     from z1_jax.bench.forward import bench_forward
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "train":
+    from z1_jax.bench.train import bench_train
+    rows = bench_train(args.preset, args.batch, args.seq_len, args.repeats)
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
@@ -37,6 +40,10 @@ def cmd_bench(args) -> int:
     from z1_jax.bench.decode import bench_decode
     rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
                         args.budgets, args.answer_tokens)
+  elif args.what == "sweep":
+    from z1_jax.bench.sweep import bench_sweep
+    rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
+                       args.workers)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -105,6 +112,10 @@ def cmd_data(args) -> int:
   }
   if args.action == "pack":
     from z1_jax.data.pack import write_rows
+    from z1_jax.errors import Z1Error
+    if len(packed) == 0:
+      raise Z1Error(f"--seq-len {args.seq_len}: no example fits ({packed.report.dropped} "
+                    f"dropped); nothing written to {args.out}")
     stats["wrote"] = str(write_rows(packed, args.out))
   print(json.dumps(stats, indent=2))
   return 0
@@ -116,25 +127,26 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-  from z1_jax.eval.benchmarks import load_benchmark
-  from z1_jax.eval.sandbox import Limits
-  from z1_jax.data.sources import write_jsonl
-  from z1_jax.eval.score import Scorer, read_samples
+  from z1_jax.eval.score import score_file
   from z1_jax.outputs import check_output_file
   if args.out:  # checked before scoring, so a bad --out never costs the verdicts
     check_output_file(args.out, "--out", args.overwrite,
                       inputs=[("--samples", args.samples), ("--data", args.data)])
-  problems = load_benchmark(args.benchmark, path=args.data)
-  samples = read_samples(args.samples)
-  scorer = Scorer(problems, Limits(wall_s=args.timeout, cpu_s=max(math.ceil(args.timeout), 1)),
-                  workers=args.workers, allow_unsandboxed=args.allow_unsandboxed)
-  try:
-    rows, summary = scorer.score(samples, source=args.samples)
-  finally:
-    scorer.close()
-  if args.out:
-    write_jsonl(rows, args.out)
+  summary = score_file(args.benchmark, args.samples, out=args.out, data=args.data,
+                       workers=args.workers, timeout=args.timeout,
+                       allow_unsandboxed=args.allow_unsandboxed,
+                       sandbox_python=args.sandbox_python, overwrite=args.overwrite)
   print(json.dumps({"benchmark": args.benchmark, **summary}, indent=2))
+  return 0
+
+
+def cmd_sweep(args) -> int:
+  from z1_jax.checkpoint.convert import make_mesh_arg
+  from z1_jax.eval.sweep import run_from_args
+  summary = run_from_args(args, mesh=lambda: make_mesh_arg(args.mesh))
+  print(json.dumps({"out": args.out, "accuracy": {
+      name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
+      for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
   return 0
 
 
@@ -151,7 +163,10 @@ def _presets() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
   """Every option has a `type=` validator from `cli_args` (bad values are refused before any
   work) and a help text that ends with its default (`Z1HelpFormatter`; a test checks)."""
-  p = Z1Parser(prog="z1", description=__doc__)
+  p = Z1Parser(prog="z1", description=__doc__,
+               epilog="exit codes: 0 done, 2 bad usage or input (one message naming the flag, "
+                      "file or row), 1 unexpected failure, 130 interrupted. `z1 COMMAND --help` "
+                      "lists a command's options with their defaults.")
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)
@@ -310,10 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: packaged copy or hub)")
   score.add_argument("--workers", type=positive_int, default=None,
                      help="samples scored in parallel (default: the number of CPUs)")
-  score.add_argument("--timeout", type=positive_float, default=10.0,
-                     help="seconds per program run")
+  score.add_argument("--timeout", type=positive_float, default=None,
+                     help="seconds per program run (default: the benchmark's own: humaneval 10, "
+                          "livecodebench 30, bigcodebench-hard 240, see eval/score.py)")
   score.add_argument("--allow-unsandboxed", action="store_true",
                      help="run model code without bubblewrap (limits only): unsafe")
+  score.add_argument("--sandbox-python", default=None,
+                     help="interpreter that runs the programs (default: the system python3); "
+                          "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
   score.set_defaults(fn=cmd_score)
 
   launch = sub.add_parser("launch", help="train on a Cloud TPU VM slice through gcloud")
@@ -371,6 +390,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a queued resource (default: launch uses one for v5e/v5p/v6e; "
                         "status/delete look it up)")
 
+  swp = sub.add_parser("sweep", help="accuracy against thinking budget on benchmarks: "
+                       "samples.jsonl, summary.json/.md, sweep.png (resumable)")
+  src = swp.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf", default=None, help="HF checkpoint directory (default: none)")
+  src.add_argument("--ckpt", default=None, help="Orbax checkpoint directory (default: none)")
+  swp.add_argument("--benchmark", required=True,
+                   help="NAME[,NAME...] of humaneval, aime2024, aime2025, math500-mmath, "
+                        "math500, gpqa-diamond, livecodebench, bigcodebench-hard (required)")
+  swp.add_argument("--budgets", type=int_list, required=True,
+                   help="increasing thinking budgets, e.g. 512,1024,2048,4096 (required)")
+  swp.add_argument("--answer-tokens", type=positive_int, default=1024,
+                   help="tokens allowed after the trigger")
+  swp.add_argument("--mode", choices=("z1", "s1"), default="z1",
+                   help="Shifted Thinking Window (z1) or s1 budget forcing")
+  swp.add_argument("--placement", choices=("replace", "append"), default=None,
+                   help="trigger inside the window's last tokens or after it (default: replace "
+                        "for z1, append for s1)")
+  swp.add_argument("--limit", type=positive_int, default=None,
+                   help="first N problems of each benchmark (default: all)")
+  swp.add_argument("--samples-per-problem", type=positive_int, default=1,
+                   help="samples per problem (> 1 needs --temperature)")
+  swp.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 = greedy, the paper's setting")
+  swp.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
+  swp.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh DATA,FSDP,TENSOR (default: one device)")
+  swp.add_argument("--batch-size", type=positive_int, default=None,
+                   help="problems decoded together (default 64)")
+  swp.add_argument("--dtype", type=float_dtype, default=None,
+                   help="weights and compute dtype for --hf (default float32)")
+  swp.add_argument("--tokenizer", default=None,
+                   help="tokenizer dir (default: --hf's own, else the offline Qwen2.5 one)")
+  swp.add_argument("--data", default=None,
+                   help="local benchmark file(s) instead of the hub: FILE for one benchmark, "
+                        "or NAME=FILE[,NAME=FILE...] (default: none)")
+  swp.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                   help="system turn of the prompt (default: Qwen's own)")
+  swp.add_argument("--instruction", default=None,
+                   help="text after each problem (default: Z1's per family, e.g. 'Please reason "
+                        "step by step.' for code)")
+  swp.add_argument("--reference", default=None,
+                   help="JSON points to plot beside the run, e.g. "
+                        "configs/paper_reference_points.json (default: none)")
+  swp.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel scoring runs (default: CPUs)")
+  swp.add_argument("--allow-unsandboxed", action="store_true",
+                   help="run model code without bubblewrap (limits only): unsafe")
+  swp.add_argument("--sandbox-python", default=None,
+                   help="interpreter that runs programs (default: system python3)")
+  swp.add_argument("--no-progress", action="store_true", help="no progress bars")
+  swp.add_argument("--out", required=True,
+                   help="directory for the outputs; rerun with the same config to resume "
+                        "(required)")
+  swp.set_defaults(fn=cmd_sweep)
+
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
   bench_sub = bench.add_subparsers(dest="what", required=True)
   fwd = bench_sub.add_parser("forward", help="prefill and decode step vs HF transformers")
@@ -379,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
   fwd.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
   fwd.add_argument("--seq-len", type=positive_int, default=512, help="prompt tokens")
   fwd.add_argument("--repeats", type=positive_int, default=5, help="timed rounds")
+  btr = bench_sub.add_parser("train", help="one train step (fwd, bwd, AdamW) vs HF PyTorch")
+  btr.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model shape (random weights)")
+  btr.add_argument("--batch", type=positive_int, default=1, help="rows per step")
+  btr.add_argument("--seq-len", type=positive_int, default=512, help="tokens per row")
+  btr.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation")
   dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
   dat.add_argument("--examples", type=positive_int, default=107_000, help="lengths to pack")
   dat.add_argument("--seq-len", type=positive_int, default=8192,
@@ -400,10 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=positive_int, default=None,
                    help="parallel samples (default: the number of CPUs)")
-  for c in (fwd, dat, dec, scr):
+  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs one decode per "
+                             "budget and one decode at the largest budget (tiny model)")
+  bsw.add_argument("--problems", type=positive_int, default=64, help="HumanEval problems")
+  bsw.add_argument("--budgets", type=int_list, default=[32, 64, 128, 256],
+                   help="thinking budgets")
+  bsw.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
+  bsw.add_argument("--batch-size", type=positive_int, default=16,
+                   help="problems per decode batch")
+  bsw.add_argument("--workers", type=positive_int, default=None,
+                   help="scoring workers (default: CPUs)")
+  for c in (fwd, btr, dat, dec, scr, bsw):
     c.add_argument("--json", action="store_true", help="JSON lines output")
     c.set_defaults(fn=cmd_bench)
   return p
+
+
+def _exit_now(code: int) -> None:
+  import os
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
   select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
-    return args.fn(args)
+    code = args.fn(args)
   except KeyboardInterrupt:
     if debug:
       raise
@@ -426,9 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
       # The real command line: exit now rather than wait for worker threads still running
       # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(130)
+      _exit_now(130)
     return 130
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError, ValueError, KeyError) as e:
@@ -442,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"z1 {args.command}: unexpected {type(e).__name__}: {e}\n"
           f"(rerun with --debug or Z1_DEBUG=1 for the traceback)", file=sys.stderr)
     return 1
+  if argv is None:  # done: a Ctrl-C while Python shuts down exits quietly with this code
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
+  return code
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class ModelSection:
   param_dtype: str = "float32"
   dtype: str = "float32"
   scan_layers: bool = False
-  remat_policy: str = "none"
+  remat_policy: str = "none"  # none, full, save_dots, save_qkv_attn, offload_... (model/remat.py)
+  attention_impl: str = "auto"  # auto, dense, blockwise, splash, cudnn (model/attention.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,7 @@ class RunConfig:
 _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.remat_policy": ("none", "full", "save_dots", "save_attn_out"),
+    "model.attention_impl": ("auto", "dense", "blockwise", "splash", "cudnn"),
     "data.overlong": ("truncate", "drop"),
     "data.on_bad_row": ("error", "skip"),
     "train.schedule": ("cosine", "constant"),
@@ -199,6 +200,11 @@ def _validate(cfg: RunConfig) -> None:
       raise ConfigError(f"{where}: mesh.{axis} = {value}: expected a positive size or -1")
   if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:
     raise ConfigError(f"{where}: [mesh]: at most one of data, fsdp, tensor may be -1")
+  from z1_jax.model.remat import parse_policy
+  try:
+    parse_policy(cfg.model.remat_policy)
+  except Z1Error as e:
+    raise ConfigError(f"{where}: model.{e}") from None
   from z1_jax.model.config import PRESETS
   if cfg.model.preset and cfg.model.preset.lower() not in PRESETS:
     raise ConfigError(f"{where}: model.preset = {cfg.model.preset!r} is unknown; known: "
@@ -255,12 +261,13 @@ def model_config(cfg: RunConfig):
   from z1_jax.model.config import get_preset
   m = cfg.model
   return get_preset(m.preset, param_dtype=m.param_dtype, dtype=m.dtype,
-                    scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+                    scan_layers=m.scan_layers, remat_policy=m.remat_policy,
+                    attention_impl=m.attention_impl)
 
 
 def runtime_overrides(cfg: RunConfig) -> dict[str, Any]:
   """The run's numerics and layout, applied over a loaded checkpoint's architecture."""
   m = cfg.model
   return dict(param_dtype=m.param_dtype, dtype=m.dtype, scan_layers=m.scan_layers,
-              remat_policy=m.remat_policy)
+              remat_policy=m.remat_policy, attention_impl=m.attention_impl)
 

@@ -32,18 +32,17 @@ def is_hf_export(path: Path) -> bool:
           all(_HF_EXPORT_FILE.fullmatch(e.name) and e.is_file() for e in path.iterdir()))
 
 
+def _is_step(e: Path) -> bool:
+  return e.name.isdigit() and e.is_dir() and ((e / "params").exists() or (e / "config").exists())
+
+
 def is_orbax_export(path: Path) -> bool:
-  """An Orbax checkpoint root: only step directories (each with `params` or `config`), plus
-  Orbax's own bookkeeping and unfinished-step temporaries."""
-  steps = 0
-  for e in path.iterdir():
-    if e.name.isdigit() and e.is_dir() and ((e / "params").exists() or (e / "config").exists()):
-      steps += 1
-    elif ".orbax-checkpoint-tmp" in e.name or e.name.startswith(("_CHECKPOINT", ".")):
-      continue
-    else:
-      return False
-  return steps > 0
+  """What `hf-to-orbax` writes: an Orbax checkpoint root holding only step directories (each
+  with `params` or `config`), plus Orbax's own bookkeeping and unfinished-step temporaries."""
+  entries = list(path.iterdir())
+  return any(_is_step(e) for e in entries) and all(
+      _is_step(e) or ".orbax-checkpoint-tmp" in e.name or e.name.startswith(("_CHECKPOINT", "."))
+      for e in entries)
 
 
 def make_mesh_arg(shape: dict[str, int] | None):
@@ -98,9 +97,11 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
   ck = as_path(ckpt)  # a gs:// checkpoint of a pod run is read from Cloud Storage directly
   if ck.exists() and not ck.is_dir():
     raise Z1Error(f"--ckpt {ckpt} is a file; pass the Orbax checkpoint directory")
-  if ck.is_dir() and not is_orbax_export(ck):
+  if ck.is_dir() and not any(_is_step(e) for e in ck.iterdir()):  # a run may hold more
     hint = (": it looks like a HF checkpoint, use `z1 convert hf-to-orbax` for it"
-            if (ck / "config.json").exists() else "")
+            if (ck / "config.json").exists() else
+            f": it is step {ck.name} of one, pass {ck.parent} (the latest step is used)"
+            if _is_step(ck) else "")
     raise Z1Error(f"--ckpt {ckpt} holds no Orbax checkpoint steps{hint}")
   if tokenizer is not None:
     tok = Path(tokenizer).expanduser()

@@ -34,11 +34,12 @@ def load_tokenizer(path_or_id: str | None = None) -> PreTrainedTokenizerBase:
   source = str(offline_tokenizer_dir()) if path_or_id is None else str(path_or_id)
   local = Path(source).expanduser()
   if local.is_file():
-    raise FileNotFoundError(f"tokenizer {source!r} is a file; pass the directory holding it")
+    raise FileNotFoundError(f"cannot load a tokenizer from {source!r}: it is a file; pass the "
+                            "directory holding it")
   if not local.exists():
     parts = source.split("/")
     if len(parts) != 2 or not all(parts) or source.startswith((".", "/", "~")):
-      raise FileNotFoundError(f"tokenizer directory not found: {source}")
+      raise FileNotFoundError(f"cannot load a tokenizer from {source!r}: no such directory")
     from z1_jax.hub import check_reachable
     check_reachable("tokenizer", source)
   try:

@@ -219,6 +219,16 @@ def load_livecodebench(path=None, instruction=None, release: str = "release_v5",
   return out
 
 
+def _libs(field: Any) -> list[str]:
+  """BigCodeBench's `libs`: the modules a task imports, as a list or its Python repr."""
+  if not field:
+    return []
+  if isinstance(field, str):
+    import ast
+    field = ast.literal_eval(field)
+  return [str(x) for x in field]
+
+
 def load_bigcodebench_hard(path=None, instruction=None, split: str = "v0.1.4",
                            **_) -> list[Problem]:
   rows = read_rows(path) if path else _hub_rows("bigcode/bigcodebench-hard", None, split)
@@ -230,7 +240,8 @@ def load_bigcodebench_hard(path=None, instruction=None, split: str = "v0.1.4",
                        _with_instruction(r["instruct_prompt"], "code", instruction),
                        tests={"style": "unittest", "test": r["test"],
                               "entry_point": r["entry_point"],
-                              "code_prompt": r.get("code_prompt", "")}))
+                              "code_prompt": r.get("code_prompt", ""),
+                              "libs": _libs(r.get("libs"))}))
   return out
 
 
@@ -244,6 +255,12 @@ LOADERS: dict[str, Callable[..., list[Problem]]] = {
     "livecodebench": load_livecodebench,
     "bigcodebench-hard": load_bigcodebench_hard,
 }
+
+
+# The id field each benchmark's own files use; rows we write keep the id under that name.
+ID_FIELD = {"humaneval": "task_id", "aime2024": "id", "aime2025": "id", "math500-mmath": "id",
+            "math500": "unique_id", "gpqa-diamond": "Record ID", "livecodebench": "question_id",
+            "bigcodebench-hard": "task_id"}
 
 
 def load_benchmark(name: str, **kwargs) -> list[Problem]:

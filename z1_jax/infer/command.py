@@ -59,9 +59,9 @@ def _mesh_rules(text: str | None):
 def run_generate(args) -> int:
   _check_flags(args)
   rules = _mesh_rules(args.mesh)
-  from z1_jax.infer.generate import _tokenizer, generate
+  from z1_jax.infer.generate import generate, resolve_tokenizer
   source = Path(args.hf or args.ckpt).expanduser()
-  tokenizer = _tokenizer(args.tokenizer or (source if _has_tokenizer(source) else None))
+  tokenizer = resolve_tokenizer(args.tokenizer or (source if _has_tokenizer(source) else None))
   if args.prompt:
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in args.prompt]
   else:

@@ -1,8 +1,8 @@
-"""Jitted prefill and single-token decode steps over a KV cache, and plain greedy generation.
+"""Single jitted prefill and decode steps over a KV cache (the forward benchmark times them),
+and `greedy_generate`, a short form of `infer.generate.generate`.
 
 Prompts in a batch are left-padded: padding slots get segment id 0 (never visible) and every
 row writes its next token to the same cache slot, so one scalar index drives the whole batch.
-The Shifted-Thinking-Window sampler (inference issue) builds on these two steps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from z1_jax.model.qwen2 import KVCache, Qwen2, init_cache
+from z1_jax.model.qwen2 import KVCache, Qwen2
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnames="cache")
@@ -35,9 +35,10 @@ def decode_step(graphdef, state, token, position, cache: KVCache, index):
   return logits[:, 0], cache
 
 
-def left_pad(prompts: list[list[int]], pad_id: int = 0):
-  """tokens, segment_ids (0 on padding), positions (0.. per row) as int32 `[B, P]`."""
-  width = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int = 0, width: int | None = None):
+  """tokens, segment_ids (0 on padding), positions (0.. per row) as int32 `[B, width]`
+  (default width: the longest prompt)."""
+  width = width or max(len(p) for p in prompts)
   tokens = np.full((len(prompts), width), pad_id, np.int32)
   segment_ids = np.zeros_like(tokens)
   positions = np.zeros_like(tokens)
@@ -51,22 +52,7 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0):
 def greedy_generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int,
                     eos_id: int | None = None) -> list[list[int]]:
   """Greedy continuation of each prompt (stops a row at `eos_id`, which is kept)."""
-  graphdef, state = nnx.split(model)
-  tokens, segment_ids, positions = left_pad(prompts)
-  b, p = tokens.shape
-  cache = init_cache(model.cfg, b, p + max_new_tokens, model.rules)
-  logits, cache = prefill(graphdef, state, tokens, segment_ids, positions, cache)
-  next_pos = jnp.asarray([len(x) for x in prompts], jnp.int32)
-  out = []
-  for step in range(max_new_tokens):
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    out.append(token)
-    if step + 1 < max_new_tokens:
-      logits, cache = decode_step(graphdef, state, token, next_pos + step, cache, p + step)
-  generated = np.asarray(jnp.stack(out, axis=1))
-  result = []
-  for row in generated.tolist():
-    if eos_id is not None and eos_id in row:
-      row = row[:row.index(eos_id) + 1]
-    result.append(row)
-  return result
+  from z1_jax.infer.generate import generate
+  out = generate(model, prompts, max_new_tokens=max_new_tokens,
+                 eos_ids=[] if eos_id is None else [eos_id])
+  return [g.tokens for g in out]

@@ -20,6 +20,7 @@ from flax import nnx
 from z1_jax.errors import Z1Error
 from z1_jax.infer import budget as budget_lib
 from z1_jax.infer import loop
+from z1_jax.infer.decode import left_pad
 from z1_jax.infer.sampling import Sampling
 from z1_jax.model.qwen2 import Qwen2
 from z1_jax.model.unstack import unstack_layers
@@ -65,7 +66,8 @@ class _Setup:
   min_thinking: int
 
 
-def _tokenizer(tokenizer):
+def resolve_tokenizer(tokenizer):
+  """A tokenizer object as is; a path or hub id loaded (an error names it if it cannot be)."""
   if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
     return tokenizer
   from z1_jax.data.tokenizer import load_tokenizer
@@ -156,14 +158,7 @@ def _chunks(setup: _Setup):
   for lo in range(0, len(setup.prompts), b):
     idx = list(range(lo, min(lo + b, len(setup.prompts))))
     rows = [setup.prompts[i] for i in idx] + [[0]] * (b - len(idx))
-    width = bucket(max(len(r) for r in rows))
-    tokens = np.zeros((b, width), np.int32)
-    seg = np.zeros_like(tokens)
-    pos = np.zeros_like(tokens)
-    for r, p in enumerate(rows):
-      tokens[r, width - len(p):] = p
-      seg[r, width - len(p):] = 1
-      pos[r, width - len(p):] = np.arange(len(p))
+    tokens, seg, pos = left_pad(rows, width=bucket(max(len(r) for r in rows)))
     lengths = np.array([len(r) for r in rows], np.int32)
     row_ids = np.array([setup.row_ids[i] for i in idx] + [0] * (b - len(idx)), np.int32)
     done = np.arange(b) >= len(idx)
@@ -221,7 +216,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], *,
   temperature 0, else temperature / top-k / top-p with keys from (seed, row id, position);
   `row_ids` default to the prompts' indices. `tokenizer` (object or path) decodes `text`.
   """
-  tokenizer = _tokenizer(tokenizer)
+  tokenizer = resolve_tokenizer(tokenizer)
   budget, marker = _budget(model, mode, thinking_budget, answer_tokens, placement, trigger,
                            trigger_ids, tokenizer, max_new_tokens)
   stop = budget.stop if budget else max_new_tokens
@@ -254,7 +249,7 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   answer branch, skipped when every row has already ended. Returns budget -> one `Generation`
   per prompt, equal to `generate(..., thinking_budget=B)` token for token.
   """
-  tokenizer = _tokenizer(tokenizer)
+  tokenizer = resolve_tokenizer(tokenizer)
   if isinstance(budgets, int) or not len(budgets):
     raise Z1Error("budgets: expected a non-empty list of thinking budgets")
   budgets = sorted({int(b) for b in budgets})

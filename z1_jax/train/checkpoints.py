@@ -17,7 +17,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from z1_jax.checkpoint.hf import CheckpointError
@@ -78,6 +77,3 @@ class Checkpointer:
     self.manager.wait_until_finished()
     self.manager.close()
 
-
-def host_step(state: dict) -> int:
-  return int(jax.device_get(state["step"]))

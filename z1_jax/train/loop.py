@@ -25,7 +25,7 @@ from z1_jax.data.pack import ROW_FIELDS
 from z1_jax.errors import Z1Error
 from z1_jax.paths import as_path
 from z1_jax.train.checkpoints import Checkpointer
-from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, train_flops_per_token
+from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, to_host, train_flops_per_token
 from z1_jax.train.step import build_train_step, check_batch_fits, make_run_mesh
 
 RUN_FILE = "z1_run.json"
@@ -126,7 +126,7 @@ def evaluate(ts, params, packed, cfg: RunConfig, mesh: Mesh) -> float:
     batch = next(batches)
     s, c = ts.eval(params, {k: batch[k] for k in ROW_FIELDS})
     total += to_float(s)
-    count += int(c)
+    count += int(to_host(c))
   return total / max(count, 1)
 
 
@@ -196,7 +196,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
       except StopIteration:
         break
       state, metrics = ts.step(state, {k: batch[k] for k in ROW_FIELDS})
-      metrics = jax.device_get(metrics)
+      metrics = jax.tree.map(to_host, metrics)
       step += 1
       now = time.perf_counter()
       dt, clock = now - clock, now

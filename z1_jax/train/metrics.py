@@ -126,5 +126,10 @@ class MetricsLog:
       self.tb.close()
 
 
+def to_host(x) -> np.ndarray:
+  """A replicated (possibly multi-process) array's value, from this process's first shard."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
 def to_float(x) -> float:
-  return float(np.asarray(x))
+  return float(to_host(x))

@@ -82,9 +82,11 @@ class TrainStep:
     opt_sharding = self.state_sharding["opt_state"]
     opt_state = jax.jit(self.optimizer.init, out_shardings=opt_sharding)(params)
     replicated = NamedSharding(self.rules.mesh, P())
-    return {"params": params, "opt_state": opt_state,
-            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)}
+    # built by a jitted function: device_put cannot target other processes' devices
+    step, rng = jax.jit(lambda: (jnp.zeros((), jnp.int32),
+                                 jax.random.key_data(jax.random.key(seed))),
+                        out_shardings=(replicated, replicated))()
+    return {"params": params, "opt_state": opt_state, "step": step, "rng": rng}
 
 
 def build_train_step(cfg: RunConfig, mesh: Mesh, model_cfg: Qwen2Config | None = None,
@@ -152,7 +154,7 @@ def build_train_step(cfg: RunConfig, mesh: Mesh, model_cfg: Qwen2Config | None =
     denom = jnp.maximum(count, 1).astype(jnp.float32)
     grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
     loss = loss_sum / denom
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
                  "step": state["step"] + 1, "rng": state["rng"]}
