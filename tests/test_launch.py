@@ -187,3 +187,36 @@ def test_single_host_slice_takes_an_absolute_local_out(capsys):
   argv = [x if x != OUT else "runs/z1" for x in BASE]
   assert main([*argv, "--accelerator", "v4-8", "--zone", "us-central2-b", "--dry-run"]) == 2
   assert "absolute path" in capsys.readouterr().err
+
+
+class _Plan:
+  def __init__(self, fits):
+    self.fits = fits
+
+  def __str__(self):
+    return f"fits={self.fits} (stand-in plan)"
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_plan_gate_refuses_a_config_that_does_not_fit(monkeypatch, capsys, fits):
+  """The gate calls plan_train(cfg, accelerator) before any gcloud command (a stand-in plan
+  here: the real one compiles the 7B step for the slice and is tested with the TPU plan)."""
+  import sys
+  import types
+  seen = {}
+
+  def plan_train(cfg, accelerator):
+    seen["args"] = (cfg.model.preset, accelerator)
+    return _Plan(fits)
+
+  monkeypatch.setitem(sys.modules, "z1_jax.train.plan",
+                      types.SimpleNamespace(plan_train=plan_train))
+  argv = [x for x in BASE if x != "--skip-plan"]
+  code = main([*argv, "--accelerator", "v5e-16", "--zone", "us-east1-d", "--dry-run"])
+  captured = capsys.readouterr()
+  assert seen["args"] == ("qwen2.5-coder-7b-instruct", "v5e-16")
+  if fits:
+    assert code == 0 and "memory plan for v5e-16: fits=True" in captured.out
+  else:
+    assert code == 2 and "does not fit v5e-16" in captured.err and "--skip-plan" in captured.err
+    assert "gcloud compute" not in captured.out  # refused before creating anything
