@@ -64,6 +64,7 @@ def test_demo_refuses_an_existing_output(tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
   (out / "keep.txt").write_text("mine")
-  assert main(["demo", "--out", str(out)]) == 2
-  assert "--overwrite" in capsys.readouterr().err
+  for extra in ([], ["--overwrite"]):  # not a previous demo output: never replaced
+    assert main(["demo", "--out", str(out), *extra]) == 2
+    assert "not a previous demo output" in capsys.readouterr().err
   assert [p.name for p in out.iterdir()] == ["keep.txt"]
