@@ -195,7 +195,7 @@ def world(tmp_path_factory, hf_checkpoint):
                                               p.tests["canonical_solution"]}) + "\n"
                                   for p in problems))
   w["demo_prev"] = root / "demo"
-  for name in ("hf_a", "orbax"):
+  for name in ("data", "hf"):  # a previous demo output (z1_jax.demo.run.DEMO_OUTPUTS)
     (w["demo_prev"] / name).mkdir(parents=True)
   w["verdicts"] = root / "verdicts.jsonl"
   w["verdicts"].write_text('{"previous": true}\n')

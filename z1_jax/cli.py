@@ -52,8 +52,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-  from z1_jax.demo import run_demo
-  return run_demo(args.out, args.overwrite)
+  import dataclasses
+  from z1_jax.demo.run import DemoSettings, run_demo
+  settings = DemoSettings(train_examples=args.train_examples, eval_examples=args.eval_examples,
+                          budgets=tuple(args.budgets or DemoSettings.budgets))
+  settings = dataclasses.replace(settings, seed=args.seed)
+  return run_demo(args.out, args.overrides, args.config, settings, args.overwrite)
+
+
+def cmd_launch(args) -> int:
+  from z1_jax.launch.tpu import run
+  return run(args)
 
 
 def cmd_train(args) -> int:
@@ -169,11 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)
 
-  demo = sub.add_parser("demo", help="CPU demo on built-in defaults (no downloads)")
+  demo = sub.add_parser("demo", help="the whole Z1 loop on a CPU: synthetic task, tokenizer, "
+                        "training from scratch, budget sweep, report, HF export (no downloads)")
   demo.add_argument("--out", default=None,
-                    help="new or empty directory to keep the outputs (default: a temporary one)")
-  demo.add_argument("--overwrite", action="store_true",
-                    help="replace the outputs of a previous demo in --out")
+                    help="directory to create with every output (default: a new temp directory)")
+  demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  demo.add_argument("--config", default=None, help="run config (default: configs/demo.toml)")
+  demo.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. train.max_steps=50")
+  demo.add_argument("--train-examples", type=positive_int, default=8000,
+                    help="training programs to generate (default 8000)")
+  demo.add_argument("--eval-examples", type=positive_int, default=200,
+                    help="held-out programs in the sweep (default 200)")
+  demo.add_argument("--budgets", type=int_list, default=None,
+                    help="thinking budgets, trigger included (default 16,24,32,40,56)")
+  demo.add_argument("--seed", type=non_negative_int, default=0, help="task seed (default 0)")
   demo.set_defaults(fn=cmd_demo)
 
   conv = sub.add_parser("convert", help="convert checkpoints between HF and Orbax")
@@ -349,6 +368,61 @@ def build_parser() -> argparse.ArgumentParser:
                      help="interpreter that runs the programs (default: the system python3); "
                           "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
   score.set_defaults(fn=cmd_score)
+
+  launch = sub.add_parser("launch", help="train on a Cloud TPU VM slice through gcloud")
+  launch_sub = launch.add_subparsers(dest="action", required=True)
+  l_tpu = launch_sub.add_parser(
+      "tpu", help="plan, create or reuse the TPU VM, ship the code at a pinned commit, install "
+      "it (tpu extra) and run `z1 train` on all workers; stream worker 0's log")
+  l_tpu.add_argument("--accelerator", required=True,
+                     help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ...")
+  l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship")
+  l_tpu.add_argument("--out", required=True,
+                     help="run directory for `z1 train --out` on the workers: gs://bucket/path "
+                          "(required on multi-host slices) or an absolute path")
+  l_tpu.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides passed to `z1 train` on every worker")
+  tier = l_tpu.add_mutually_exclusive_group()
+  tier.add_argument("--spot", action="store_true", help="Spot capacity (preemptible)")
+  tier.add_argument("--reserved", action="store_true", help="use the project's reservation")
+  l_tpu.add_argument("--runtime-version", default=None,
+                     help="TPU VM software version (default: per generation, e.g. "
+                          "v2-alpha-tpuv5 for v5p)")
+  l_tpu.add_argument("--commit", default="HEAD", help="git revision to ship (default HEAD)")
+  l_tpu.add_argument("--allow-dirty", action="store_true",
+                     help="launch although the checkout has uncommitted changes (not shipped)")
+  l_tpu.add_argument("--code-uri", default=None,
+                     help="gs://bucket/prefix to stage the code through (default: scp)")
+  l_tpu.add_argument("--remote-python", default="3.11",
+                     help="Python version of the workers' venv (default 3.11, via uv)")
+  l_tpu.add_argument("--skip-plan", action="store_true",
+                     help="launch even if the memory plan says the config does not fit")
+  l_tpu.add_argument("--queue-timeout", type=positive_float, default=120.0,
+                     help="minutes to wait for a queued resource to become ACTIVE (default 120)")
+  l_tpu.add_argument("--no-follow", dest="follow", action="store_false",
+                     help="do not stream worker 0's log after starting")
+  l_status = launch_sub.add_parser(
+      "status", help="TPU state and whether z1 train runs on each worker")
+  l_logs = launch_sub.add_parser("logs", help="print (and follow) one worker's training log")
+  l_logs.add_argument("--worker", type=non_negative_int, default=0,
+                      help="worker index (default 0)")
+  l_logs.add_argument("--lines", type=positive_int, default=200,
+                      help="lines of history (default 200)")
+  l_logs.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
+  l_stop = launch_sub.add_parser(
+      "stop", help="send SIGINT to z1 train on every worker (keeps the VM)")
+  l_delete = launch_sub.add_parser("delete", help="delete the TPU VM (or its queued resource)")
+  for c in (l_tpu, l_status, l_logs, l_stop, l_delete):
+    c.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
+    c.add_argument("--zone", required=True, help="Cloud zone, e.g. us-east5-a")
+    c.add_argument("--project", default=None, help="GCP project (default: gcloud's own)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print every gcloud command instead of running it")
+    c.set_defaults(fn=cmd_launch)
+  for c in (l_tpu, l_status, l_delete):
+    c.add_argument("--queued", action=argparse.BooleanOptionalAction, default=None,
+                   help="a queued resource (default: launch uses one for v5e/v5p/v6e; "
+                        "status/delete look it up)")
 
   swp = sub.add_parser("sweep", help="accuracy against thinking budget on benchmarks: "
                        "samples.jsonl, summary.json/.md, sweep.png (resumable)")

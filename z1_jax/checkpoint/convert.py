@@ -17,6 +17,7 @@ import jax
 from z1_jax.errors import Z1Error
 from z1_jax.model.sharding import mesh_from_spec
 from z1_jax.outputs import atomic_path, check_output_dir
+from z1_jax.paths import as_path, is_uri
 
 # Files a HF export holds (save_hf and the tokenizer files it copies).
 _HF_EXPORT_FILE = re.compile(
@@ -82,7 +83,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
                 overwrite: bool = False) -> dict:
   from z1_jax.checkpoint.hf import save_hf
   from z1_jax.checkpoint.orbax_io import load_params, read_config, resolve_checkpoint
-  ck = Path(ckpt).expanduser()
+  ck = as_path(ckpt)  # a gs:// checkpoint of a pod run is read from Cloud Storage directly
   if ck.exists() and not ck.is_dir():
     raise Z1Error(f"--ckpt {ckpt} is a file; pass the Orbax checkpoint directory")
   if ck.is_dir():  # a run directory, a checkpoint root (latest step) or one step directory
@@ -97,7 +98,8 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
       raise Z1Error(f"--tokenizer {tokenizer}: not a directory holding tokenizer.json or "
                     "vocab.json")
   out_path = check_output_dir(out, "--out", overwrite, is_hf_export, "HF checkpoint",
-                              inputs=[("--ckpt", ck), ("--tokenizer", tokenizer)])
+                              inputs=[("--ckpt", None if is_uri(ck) else ck),
+                                      ("--tokenizer", tokenizer)])
   mesh = mesh_from_spec(mesh_shape)
   read_config(ck)  # fails fast on a checkpoint without a config, before restoring arrays
   model = load_params(ck, mesh=mesh)
