@@ -85,7 +85,7 @@ def _ids(name: str, ids: Sequence[int], vocab: int) -> tuple[int, ...]:
   return ids
 
 
-def _check_prompts(prompts, vocab: int, max_positions: int, stop: int) -> list[list[int]]:
+def _check_prompts(prompts, vocab: int, max_positions: int) -> list[list[int]]:
   if isinstance(prompts, (str, bytes)) or not len(prompts):
     raise Z1Error("prompts: expected a non-empty list of token-id lists (tokenize text first)")
   out = []
@@ -96,9 +96,9 @@ def _check_prompts(prompts, vocab: int, max_positions: int, stop: int) -> list[l
     if not ids:
       raise Z1Error(f"prompt {i} is empty: a prompt needs at least one token")
     _ids(f"prompt {i}", ids, vocab)
-    if len(ids) + stop > max_positions:
-      raise Z1Error(f"prompt {i}: {len(ids)} tokens + up to {stop} generated exceed the "
-                    f"model's maximum of {max_positions} positions")
+    if len(ids) > max_positions:  # generating past it is allowed, as in HF (RoPE goes on)
+      raise Z1Error(f"prompt {i}: {len(ids)} tokens are longer than the model's maximum of "
+                    f"{max_positions} positions")
     out.append(ids)
   return out
 
@@ -112,14 +112,14 @@ def _batch_multiple(model: Qwen2) -> int:
   return math.prod(rules.mesh.shape[a] for a in axes)
 
 
-def _setup(model: Qwen2, prompts, stop: int, *, mode: str, marker, eos_ids, temperature,
+def _setup(model: Qwen2, prompts, *, mode: str, marker, eos_ids, temperature,
            top_k, top_p, seed, tokenizer, batch_size, row_ids, min_thinking,
            wait_ids) -> _Setup:
   if not isinstance(model, Qwen2):
     raise Z1Error(f"model: expected a z1_jax Qwen2 model, got {type(model).__name__}")
   cfg = model.cfg
   sampling = Sampling(float(temperature), top_k, top_p)
-  prompts = _check_prompts(prompts, cfg.vocab_size, cfg.max_position_embeddings, stop)
+  prompts = _check_prompts(prompts, cfg.vocab_size, cfg.max_position_embeddings)
   if eos_ids is None:  # defaults a tiny test vocabulary cannot emit are left out
     eos = tuple(i for i in budget_lib.default_eos_ids(tokenizer) if i < cfg.vocab_size)
   else:
@@ -168,6 +168,7 @@ def _chunks(setup: _Setup):
 def _start(setup: _Setup, arrays, ctl, max_stop: int) -> loop.DecodeState:
   width = bucket(max_stop)
   cache_len = arrays[0].shape[1] + width
+  loop.check_writes(arrays[0].shape[1], max_stop, cache_len, width)  # every later stop <= it
   return loop.start(setup.graphdef, setup.params, *arrays, ctl, spec=setup.spec,
                     cache_len=cache_len, width=width)
 
@@ -220,7 +221,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], *,
   budget, marker = _budget(model, mode, thinking_budget, answer_tokens, placement, trigger,
                            trigger_ids, tokenizer, max_new_tokens)
   stop = budget.stop if budget else max_new_tokens
-  setup = _setup(model, prompts, stop, mode=mode, marker=marker, eos_ids=eos_ids,
+  setup = _setup(model, prompts, mode=mode, marker=marker, eos_ids=eos_ids,
                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                  tokenizer=tokenizer, batch_size=batch_size, row_ids=row_ids,
                  min_thinking=min_thinking, wait_ids=wait_ids)
@@ -257,7 +258,7 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
                    None)[0] for b in budgets]
   marker = plans[0].marker_ids
   stop = plans[-1].stop
-  setup = _setup(model, prompts, stop, mode=mode, marker=marker, eos_ids=eos_ids,
+  setup = _setup(model, prompts, mode=mode, marker=marker, eos_ids=eos_ids,
                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                  tokenizer=tokenizer, batch_size=batch_size, row_ids=row_ids,
                  min_thinking=min_thinking, wait_ids=wait_ids)
