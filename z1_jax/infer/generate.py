@@ -218,7 +218,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], *,
   `row_ids` default to the prompts' indices. `tokenizer` (object or path) decodes `text`.
   """
   tokenizer = resolve_tokenizer(tokenizer)
-  budget, marker = _budget(model, mode, thinking_budget, answer_tokens, placement, trigger,
+  budget, marker = _budget(mode, thinking_budget, answer_tokens, placement, trigger,
                            trigger_ids, tokenizer, max_new_tokens)
   stop = budget.stop if budget else max_new_tokens
   setup = _setup(model, prompts, mode=mode, marker=marker, eos_ids=eos_ids,
@@ -254,7 +254,7 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   if isinstance(budgets, int) or not len(budgets):
     raise Z1Error("budgets: expected a non-empty list of thinking budgets")
   budgets = sorted({int(b) for b in budgets})
-  plans = [_budget(model, mode, b, answer_tokens, placement, trigger, trigger_ids, tokenizer,
+  plans = [_budget(mode, b, answer_tokens, placement, trigger, trigger_ids, tokenizer,
                    None)[0] for b in budgets]
   marker = plans[0].marker_ids
   stop = plans[-1].stop
@@ -280,18 +280,18 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   return results
 
 
-def _budget(model, mode, thinking_budget, answer_tokens, placement, trigger, trigger_ids,
+def _budget(mode, thinking_budget, answer_tokens, placement, trigger, trigger_ids,
             tokenizer, max_new_tokens):
   """(Budget or None, marker ids); checks the combination of arguments."""
   if mode not in budget_lib.MODES:
     raise Z1Error(f"mode={mode!r}: expected one of {budget_lib.MODES}")
-  if placement is None:
-    placement = "replace" if mode == "z1" else "append"
   if thinking_budget is None:
     if mode == "s1":
       raise Z1Error("mode='s1' needs a thinking_budget")
     if answer_tokens is not None or trigger is not None or trigger_ids is not None:
       raise Z1Error("answer_tokens / trigger apply with a thinking_budget only")
+    if placement is not None:
+      raise Z1Error("placement applies with a thinking_budget only")
     if max_new_tokens is None or max_new_tokens < 1:
       raise Z1Error(f"max_new_tokens={max_new_tokens}: expected an integer >= 1 "
                     "(or pass thinking_budget and answer_tokens)")
@@ -300,6 +300,8 @@ def _budget(model, mode, thinking_budget, answer_tokens, placement, trigger, tri
     raise Z1Error("pass max_new_tokens or thinking_budget with answer_tokens, not both")
   if answer_tokens is None:
     raise Z1Error("thinking_budget needs answer_tokens (the answer's length limit)")
+  if placement is None:
+    placement = "replace" if mode == "z1" else "append"
   marker = budget_lib.marker_ids(mode, trigger, trigger_ids, tokenizer)
   plan = budget_lib.Budget(int(thinking_budget), int(answer_tokens), marker, placement)
   return plan, marker
