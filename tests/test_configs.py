@@ -4,6 +4,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
+from z1_jax.config import load_config, model_config
 from z1_jax.data.encode import EncodeConfig
 from z1_jax.model.config import get_preset
 
@@ -11,11 +12,12 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def test_7b_config_matches_recipe_and_code():
-  cfg = tomllib.loads((CONFIGS / "z1-qwen2.5-coder-7b.toml").read_text())
-  model = get_preset(cfg["model"]["preset"], param_dtype=cfg["model"]["param_dtype"],
-                     dtype=cfg["model"]["dtype"], scan_layers=cfg["model"]["scan_layers"],
-                     remat_policy=cfg["model"]["remat_policy"])
+  run = load_config(CONFIGS / "z1-qwen2.5-coder-7b.toml")
+  assert run.model.param_dtype == "float32" and run.model.dtype == "bfloat16"  # fp32 masters
+  assert run.train.opt_state_dtype == "float32"
+  model = model_config(run)
   assert model.vocab_size == 152064 and model.hidden_size == 3584
+  cfg = tomllib.loads((CONFIGS / "z1-qwen2.5-coder-7b.toml").read_text())
   fields = {f.name for f in dataclasses.fields(EncodeConfig)}
   assert {"dataset", "system_prompt", "strip_think_tags"} <= fields
   train = cfg["train"]
@@ -23,3 +25,8 @@ def test_7b_config_matches_recipe_and_code():
       42, 2, 1e-5, 100)
   assert (train["adam_b1"], train["adam_b2"], train["adam_eps"], train["weight_decay"]) == (
       0.9, 0.999, 1e-8, 0.0)
+
+
+def test_every_shipped_config_loads():
+  for path in CONFIGS.glob("*.toml"):
+    load_config(path)

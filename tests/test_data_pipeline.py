@@ -11,7 +11,7 @@ import numpy as np
 
 from z1_jax.data.encode import EncodeConfig, encode_dataset
 from z1_jax.data.pack import pack
-from z1_jax.data.pipeline import GlobalBatches, PipelineConfig, host_dataset
+from z1_jax.data.pipeline import GlobalBatches, PipelineConfig, global_dataset
 from z1_jax.data.sources import sample_dataset_path
 from z1_jax.model.sharding import make_mesh
 
@@ -29,13 +29,13 @@ def _run(*args, timeout=240):
 
 def test_epochs_are_complete_and_reshuffled():
   packed = _packed()
-  ds = host_dataset(packed, PipelineConfig(global_batch=1, seed=5, epochs=2), 0, 1)
-  ids = [int(ds[i]["row_id"][0]) for i in range(len(ds))]
+  ds = global_dataset(packed, PipelineConfig(global_batch=1, seed=5, epochs=2))
+  ids = [int(ds[i][0]) for i in range(len(ds))]
   n = len(packed)
   assert sorted(ids[:n]) == list(range(n)) and sorted(ids[n:]) == list(range(n))
   assert ids[:n] != ids[n:]  # a new order each epoch
-  again = host_dataset(packed, PipelineConfig(global_batch=1, seed=5, epochs=2), 0, 1)
-  assert [int(again[i]["row_id"][0]) for i in range(len(again))] == ids  # seeded
+  again = global_dataset(packed, PipelineConfig(global_batch=1, seed=5, epochs=2))
+  assert [int(again[i][0]) for i in range(len(again))] == ids  # seeded
 
 
 def test_global_batches_are_sharded_arrays():

@@ -38,8 +38,32 @@ def test_humaneval_canonical_solutions_all_pass_and_pass_bodies_fail(humaneval):
   stubs = [{"task_id": p.id, "completion": "    pass\n"} for p in humaneval]
   rows, summary = scorer.score(stubs, progress=False)
   assert summary["passed"] == 0
-  assert [r["id"] for r in rows] == [p.id for p in humaneval]  # input order
+  assert [r["task_id"] for r in rows] == [p.id for p in humaneval]  # input order
   scorer.close()
+
+
+def _entry_point_block(p):
+  """The canonical solution as a model writes it: a fenced block defining only the entry point
+  (signature from the prompt, canonical body), without the prompt's helpers or imports."""
+  import ast
+  tree = ast.parse(p.tests["prompt"])
+  (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+           and n.name == p.tests["entry_point"]]
+  lines = p.tests["prompt"].splitlines(keepends=True)
+  source = "".join(lines[fn.lineno - 1:fn.end_lineno])
+  return f"Here is my solution.\n```python\n{source}{p.tests['canonical_solution']}```\nDone."
+
+
+def test_humaneval_entry_point_blocks_pass_with_prompt_helpers(humaneval):
+  # HumanEval/10, 32, 38 and 50 define helpers in the prompt that their tests call
+  blocks = [_entry_point_block(p) for p in humaneval]
+  assert all("import " not in b.split("```python")[1].split("def ")[0] for b in blocks)
+  scorer = Scorer(humaneval, Limits(wall_s=10, cpu_s=10))
+  rows, summary = scorer.score([{"task_id": p.id, "completion": b}
+                                for p, b in zip(humaneval, blocks)], progress=False)
+  scorer.close()
+  assert summary["passed"] == 164, [(r["task_id"], r["error"]) for r in rows if not r["passed"]]
+  assert all(r["extracted"].lstrip().startswith("def ") for r in rows)
 
 
 def test_humaneval_instruct_style_completion(sandbox, humaneval):

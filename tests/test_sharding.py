@@ -23,6 +23,26 @@ def test_rules_map_logical_axes_to_mesh_axes():
   assert rules.spec(("embed", "kv_heads", "head_dim"), (64, 3, 16)) == P("fsdp", None, None)
 
 
+def test_uneven_dimensions_are_errors_naming_the_array():
+  """28 query heads on tensor=8 or a batch of 6 on 4 data shards would silently replicate the
+  work; they are refused, naming the parameter, its size and the mesh axes. K/V heads are the
+  allow-listed exception (replicated over tensor)."""
+  from flax import nnx
+  from z1_jax.model.qwen2 import abstract_model, state_shardings
+  from z1_jax.model.sharding import UnevenShardingError
+  rules = LogicalRules(make_mesh(1, 1, 8))
+  cfg = z1_jax.get_preset("qwen2.5-coder-7b", num_layers=1)
+  with pytest.raises(UnevenShardingError, match=r"parameter layers\.0\.attn\.o_proj of shape "
+                     r"\(28, 128, 3584\): dimension 0 \('q_heads', size 28\) does not divide "
+                     r"over mesh axes tensor=8"):
+    state_shardings(nnx.state(abstract_model(cfg)), rules)
+  with pytest.raises(UnevenShardingError, match=r"'batch', size 6\) does not divide over mesh "
+                     r"axes data=4 x fsdp=2"):
+    LogicalRules(make_mesh(4, 2, 1)).spec(("batch", "seq"), (6, 16))
+  assert rules.spec(("embed", "kv_heads", "head_dim"), (3584, 4, 128)) == P(None, None, None)
+  assert rules.spec(("batch", "act_kv_heads"), (8, 4)) == P(None, None)  # batch: data*fsdp=1
+
+
 def test_rules_reject_one_mesh_axis_twice():
   rules = LogicalRules(make_mesh(1, 4, 2))
   with pytest.raises(ValueError, match="mesh axis 'tensor' used twice"):

@@ -4,41 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-from z1_jax.cli_args import (float_dtype, int_list, non_negative_float, non_negative_int,
-                            positive_int, probability)
+from z1_jax.cli_args import (Z1Parser, byte_size, choice_of, float_dtype, int_list, mesh_spec,
+                             non_negative_float, non_negative_int, positive_float, positive_int,
+                             probability)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
 
-def _mesh(text: str | None):
-  """`--mesh D,F,T` (data, fsdp, tensor; one may be -1) -> Mesh, or None for one device."""
-  if text is None:
-    return None
-  from z1_jax.model.sharding import make_mesh
-  try:
-    data, fsdp, tensor = (int(x) for x in text.split(","))
-  except ValueError:
-    raise SystemExit(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR, e.g. 1,4,2")
-  try:
-    return make_mesh(data, fsdp, tensor)
-  except ValueError as e:
-    raise SystemExit(f"--mesh {text}: {e}")
-
-
 def cmd_convert(args) -> int:
-  from z1_jax.checkpoint.hf import load_hf, save_hf
-  from z1_jax.checkpoint.orbax_io import load_params, save_params
-  mesh = _mesh(args.mesh)
+  from z1_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
   if args.direction == "hf-to-orbax":
-    model = load_hf(args.hf, dtype=args.dtype, mesh=mesh)
-    out = save_params(model, args.out)
+    result = hf_to_orbax(args.hf, args.out, args.dtype, args.mesh, args.overwrite)
   else:
-    model = load_params(args.ckpt, mesh=mesh)
-    out = save_hf(model, args.out, dtype=args.dtype or "bfloat16", tokenizer=args.tokenizer,
-                  max_shard_size=args.max_shard_size, overwrite=args.overwrite)
-  print(json.dumps({"wrote": str(out), "params": model.cfg.num_params()}))
+    result = orbax_to_hf(args.ckpt, args.out, args.dtype, args.tokenizer, args.max_shard_size,
+                         args.mesh, args.overwrite)
+  print(json.dumps(result))
   return 0
 
 
@@ -47,6 +30,9 @@ def cmd_bench(args) -> int:
   if args.what == "forward":
     from z1_jax.bench.forward import bench_forward
     rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "train":
+    from z1_jax.bench.train import bench_train
+    rows = bench_train(args.preset, args.batch, args.seq_len, args.repeats)
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
@@ -54,6 +40,10 @@ def cmd_bench(args) -> int:
     from z1_jax.bench.decode import bench_decode
     rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
                         args.budgets, args.answer_tokens)
+  elif args.what == "sweep":
+    from z1_jax.bench.sweep import bench_sweep
+    rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
+                       args.workers)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -63,7 +53,17 @@ def cmd_bench(args) -> int:
 
 def cmd_demo(args) -> int:
   from z1_jax.demo import run_demo
-  return run_demo(args.out)
+  return run_demo(args.out, args.overwrite)
+
+
+def cmd_train(args) -> int:
+  from z1_jax.train.distributed import initialize
+  initialize(args.coordinator, args.num_processes, args.process_id)
+  from z1_jax.config import load_config
+  from z1_jax.train.loop import train
+  summary = train(load_config(args.config, args.overrides), args.out)
+  print(json.dumps(summary))
+  return 0
 
 
 def _packed(args):
@@ -83,6 +83,11 @@ def _packed(args):
 
 def cmd_data(args) -> int:
   import numpy as np
+  from z1_jax.outputs import check_dir, check_output_file
+  if args.action == "pack":
+    check_output_file(args.out, "--out", args.overwrite, inputs=[("--dataset", args.dataset)])
+  if args.cache_dir is not None:
+    check_dir(args.cache_dir, "--cache-dir")
   encoded, packed = _packed(args)
   lengths = encoded.lengths
   stats = {
@@ -98,6 +103,10 @@ def cmd_data(args) -> int:
   }
   if args.action == "pack":
     from z1_jax.data.pack import write_rows
+    from z1_jax.errors import Z1Error
+    if len(packed) == 0:
+      raise Z1Error(f"--seq-len {args.seq_len}: no example fits ({packed.report.dropped} "
+                    f"dropped); nothing written to {args.out}")
     stats["wrote"] = str(write_rows(packed, args.out))
   print(json.dumps(stats, indent=2))
   return 0
@@ -109,73 +118,117 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-  from z1_jax.eval.benchmarks import load_benchmark
-  from z1_jax.eval.sandbox import Limits
-  from z1_jax.data.sources import write_jsonl
-  from z1_jax.eval.score import Scorer, read_samples
-  problems = load_benchmark(args.benchmark, path=args.data)
-  samples = read_samples(args.samples)
-  scorer = Scorer(problems, Limits(wall_s=args.timeout, cpu_s=max(int(args.timeout), 1)),
-                  workers=args.workers, allow_unsandboxed=args.allow_unsandboxed)
-  try:
-    rows, summary = scorer.score(samples, source=args.samples)
-  finally:
-    scorer.close()
-  if args.out:
-    write_jsonl(rows, args.out)
+  from z1_jax.eval.score import score_file
+  from z1_jax.outputs import check_output_file
+  if args.out:  # checked before scoring, so a bad --out never costs the verdicts
+    check_output_file(args.out, "--out", args.overwrite,
+                      inputs=[("--samples", args.samples), ("--data", args.data)])
+  summary = score_file(args.benchmark, args.samples, out=args.out, data=args.data,
+                       workers=args.workers, timeout=args.timeout,
+                       allow_unsandboxed=args.allow_unsandboxed,
+                       sandbox_python=args.sandbox_python, overwrite=args.overwrite)
   print(json.dumps({"benchmark": args.benchmark, **summary}, indent=2))
   return 0
 
 
+def cmd_sweep(args) -> int:
+  from z1_jax.checkpoint.convert import make_mesh_arg
+  from z1_jax.eval.sweep import run_from_args
+  summary = run_from_args(args, mesh=lambda: make_mesh_arg(args.mesh))
+  print(json.dumps({"out": args.out, "accuracy": {
+      name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
+      for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
+  return 0
+
+
+def _benchmarks() -> list[str]:
+  from z1_jax.eval.benchmarks import LOADERS
+  return list(LOADERS)
+
+
+def _presets() -> list[str]:
+  from z1_jax.model.config import PRESETS
+  return sorted(PRESETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="z1", description=__doc__)
+  """Every option has a `type=` validator from `cli_args` (bad values are refused before any
+  work) and a help text that ends with its default (`Z1HelpFormatter`; a test checks)."""
+  p = Z1Parser(prog="z1", description=__doc__,
+               epilog="exit codes: 0 done, 2 bad usage or input (one message naming the flag, "
+                      "file or row), 1 unexpected failure, 130 interrupted. `z1 COMMAND --help` "
+                      "lists a command's options with their defaults.")
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
   sub = p.add_subparsers(dest="command", required=True)
 
   demo = sub.add_parser("demo", help="CPU demo on built-in defaults (no downloads)")
-  demo.add_argument("--out", default=None, help="directory to keep the outputs (default: temp)")
+  demo.add_argument("--out", default=None,
+                    help="new or empty directory to keep the outputs (default: a temporary one)")
+  demo.add_argument("--overwrite", action="store_true",
+                    help="replace the outputs of a previous demo in --out")
   demo.set_defaults(fn=cmd_demo)
 
   conv = sub.add_parser("convert", help="convert checkpoints between HF and Orbax")
   conv_sub = conv.add_subparsers(dest="direction", required=True)
   h2o = conv_sub.add_parser("hf-to-orbax", help="HF safetensors directory (or hub id) -> Orbax")
-  h2o.add_argument("--hf", required=True, help="local HF checkpoint directory or hub id")
-  h2o.add_argument("--out", required=True, help="Orbax checkpoint directory to create")
-  h2o.add_argument("--dtype", default=None, help="parameter dtype (default float32)")
+  h2o.add_argument("--hf", required=True, help="local HF checkpoint directory (the one holding "
+                   "config.json) or hub id (required)")
+  h2o.add_argument("--out", required=True,
+                   help="Orbax checkpoint directory to create, written atomically (required)")
+  h2o.add_argument("--dtype", type=float_dtype, default=None,
+                   help="parameter dtype: float32, bfloat16 or float16 (default: float32)")
   o2h = conv_sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF safetensors directory")
-  o2h.add_argument("--ckpt", required=True, help="Orbax checkpoint directory")
-  o2h.add_argument("--out", required=True, help="HF directory to write (atomically)")
-  o2h.add_argument("--dtype", default=None, help="tensor dtype written (default bfloat16)")
-  o2h.add_argument("--tokenizer", default=None, help="directory with tokenizer files to copy")
-  o2h.add_argument("--max-shard-size", default="5GB", help="size cap per safetensors file")
-  o2h.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  o2h.add_argument("--ckpt", required=True, help="Orbax checkpoint directory (required)")
+  o2h.add_argument("--out", required=True,
+                   help="HF directory to create, written atomically (required)")
+  o2h.add_argument("--dtype", type=float_dtype, default="bfloat16",
+                   help="tensor dtype written: float32, bfloat16 or float16")
+  o2h.add_argument("--tokenizer", default=None,
+                   help="directory with tokenizer files to copy along (default: none copied)")
+  o2h.add_argument("--max-shard-size", type=byte_size, default="5GB",
+                   help="size cap per safetensors file, e.g. 5GB, 500MB")
   for c in (h2o, o2h):
-    c.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR mesh (default: one device)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds a previous export of this kind (never a "
+                        "directory holding the input or other files)")
+    c.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh DATA,FSDP,TENSOR (one may be -1: the rest), e.g. -1,4,2 "
+                        "or data=-1,fsdp=4,tensor=2 (default: one device)")
     c.set_defaults(fn=cmd_convert)
 
   data = sub.add_parser("data", help="inspect and pack training data")
   data_sub = data.add_subparsers(dest="action", required=True)
   stats = data_sub.add_parser("stats", help="token lengths, overlong counts, packing efficiency")
   pack_rows = data_sub.add_parser("pack", help="write packed rows (JSONL) for inspection")
-  pack_rows.add_argument("--out", required=True, help="JSONL file to write")
+  pack_rows.add_argument("--out", required=True,
+                         help="JSONL file to write, atomically (required)")
+  pack_rows.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   for c in (stats, pack_rows):
     c.add_argument("--dataset", default=None,
-                   help="JSONL/Parquet/Arrow file or directory, or a hub id such as "
+                   help="JSONL (.jsonl/.json, gzipped too), Parquet or Arrow file or directory, "
+                        "a datasets save_to_disk directory, or a hub id such as "
                         f"{HUB_DATASET} (default: the built-in sample)")
-    c.add_argument("--seq-len", type=int, default=8192)
-    c.add_argument("--tokenizer", default=None, help="HF tokenizer dir or id (default: offline)")
-    c.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
+    c.add_argument("--seq-len", type=positive_int, default=8192, help="tokens per packed row")
+    c.add_argument("--tokenizer", default=None,
+                   help="HF tokenizer directory or hub id (default: the offline Qwen2.5 copy)")
+    c.add_argument("--overlong", choices=("truncate", "drop"), default="truncate",
+                   help="what to do with examples longer than --seq-len")
     c.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
                    help="system turn of the Qwen2.5 chat prompt (default: Qwen's own)")
-    c.add_argument("--strip-think-tags", action="store_true")
-    c.add_argument("--question-column", default="question")
-    c.add_argument("--response-column", default="response")
-    c.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
-    c.add_argument("--select-tokens", type=int, default=None,
-                   help="keep examples up to this many tokens in total (Z1 ablations)")
-    c.add_argument("--select-order", choices=("shortest", "longest"), default="shortest")
-    c.add_argument("--cache-dir", default=None, help="reuse tokenization across runs")
+    c.add_argument("--strip-think-tags", action="store_true",
+                   help="remove <think>...</think> markup from responses")
+    c.add_argument("--question-column", default="question", help="column holding the prompt")
+    c.add_argument("--response-column", default="response", help="column holding the target")
+    c.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
+                   help="a bad row stops with its file and row, or is skipped and counted")
+    c.add_argument("--select-tokens", type=positive_int, default=None,
+                   help="keep examples up to this many tokens in total, Z1 ablations "
+                        "(default: keep all)")
+    c.add_argument("--select-order", choices=("shortest", "longest"), default="shortest",
+                   help="which examples --select-tokens keeps first")
+    c.add_argument("--cache-dir", default=None,
+                   help="directory to reuse tokenization across runs (default: no cache)")
     c.set_defaults(fn=cmd_data)
 
   gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
@@ -220,68 +273,184 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.set_defaults(fn=cmd_generate)
 
+  tr = sub.add_parser("train", help="SFT on packed Z1 data (resumes when --out holds a run)",
+                      description="Train from a TOML run config (configs/*.toml). Extra "
+                      "arguments section.key=value override it, e.g. train.max_steps=10 "
+                      "checkpoint.every_steps=5 train.peak_lr=2e-5.")
+  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml")
+  tr.add_argument("--out", required=True,
+                  help="run directory: checkpoints/, metrics.jsonl, tb/ (resumed if it holds "
+                       "a run)")
+  tr.add_argument("overrides", nargs="*", metavar="section.key=value",
+                  help="config overrides (default: none)")
+  tr.add_argument("--coordinator", default=None,
+                  help="multi-process: coordinator host:port (default: single process; TPU "
+                       "pods find their peers without it)")
+  tr.add_argument("--num-processes", type=positive_int, default=None,
+                  help="multi-process: number of processes (default: none)")
+  tr.add_argument("--process-id", type=non_negative_int, default=None,
+                  help="multi-process: this process's index (default: none)")
+  tr.set_defaults(fn=cmd_train)
+
   score = sub.add_parser("score", help="score given completions against a benchmark")
-  score.add_argument("--benchmark", required=True, help="humaneval, aime2024, aime2025, "
-                     "math500-mmath, math500, gpqa-diamond, livecodebench, bigcodebench-hard")
+  score.add_argument("--benchmark", required=True, type=choice_of(_benchmarks, "benchmark"),
+                     help="humaneval, aime2024, aime2025, math500-mmath, math500, gpqa-diamond, "
+                          "livecodebench, bigcodebench-hard (required)")
   score.add_argument("--samples", required=True,
-                     help="JSONL rows with the benchmark's id field and 'completion'")
-  score.add_argument("--out", default=None, help="JSONL verdicts, one per input row, in order")
-  score.add_argument("--data", default=None, help="local benchmark file instead of the hub")
-  score.add_argument("--workers", type=int, default=None, help="parallel samples (default: CPUs)")
-  score.add_argument("--timeout", type=float, default=10.0, help="seconds per program run")
+                     help="JSONL rows with the benchmark's id field and 'completion' (required)")
+  score.add_argument("--out", default=None,
+                     help="JSONL verdicts, one per input row, in order (default: summary only)")
+  score.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  score.add_argument("--data", default=None,
+                     help="local benchmark file instead of the packaged copy or the hub "
+                          "(default: packaged copy or hub)")
+  score.add_argument("--workers", type=positive_int, default=None,
+                     help="samples scored in parallel (default: the number of CPUs)")
+  score.add_argument("--timeout", type=positive_float, default=None,
+                     help="seconds per program run (default: the benchmark's own: humaneval 10, "
+                          "livecodebench 30, bigcodebench-hard 240, see eval/score.py)")
   score.add_argument("--allow-unsandboxed", action="store_true",
                      help="run model code without bubblewrap (limits only): unsafe")
+  score.add_argument("--sandbox-python", default=None,
+                     help="interpreter that runs the programs (default: the system python3); "
+                          "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
   score.set_defaults(fn=cmd_score)
+
+  swp = sub.add_parser("sweep", help="accuracy against thinking budget on benchmarks: "
+                       "samples.jsonl, summary.json/.md, sweep.png (resumable)")
+  src = swp.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf", default=None, help="HF checkpoint directory (default: none)")
+  src.add_argument("--ckpt", default=None, help="Orbax checkpoint directory (default: none)")
+  swp.add_argument("--benchmark", required=True,
+                   help="NAME[,NAME...] of humaneval, aime2024, aime2025, math500-mmath, "
+                        "math500, gpqa-diamond, livecodebench, bigcodebench-hard (required)")
+  swp.add_argument("--budgets", type=int_list, required=True,
+                   help="increasing thinking budgets, e.g. 512,1024,2048,4096 (required)")
+  swp.add_argument("--answer-tokens", type=positive_int, default=1024,
+                   help="tokens allowed after the trigger")
+  swp.add_argument("--mode", choices=("z1", "s1"), default="z1",
+                   help="Shifted Thinking Window (z1) or s1 budget forcing")
+  swp.add_argument("--placement", choices=("replace", "append"), default=None,
+                   help="trigger inside the window's last tokens or after it (default: replace "
+                        "for z1, append for s1)")
+  swp.add_argument("--limit", type=positive_int, default=None,
+                   help="first N problems of each benchmark (default: all)")
+  swp.add_argument("--samples-per-problem", type=positive_int, default=1,
+                   help="samples per problem (> 1 needs --temperature)")
+  swp.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 = greedy, the paper's setting")
+  swp.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
+  swp.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh DATA,FSDP,TENSOR (default: one device)")
+  swp.add_argument("--batch-size", type=positive_int, default=None,
+                   help="problems decoded together (default 64)")
+  swp.add_argument("--dtype", type=float_dtype, default=None,
+                   help="weights and compute dtype for --hf (default float32)")
+  swp.add_argument("--tokenizer", default=None,
+                   help="tokenizer dir (default: --hf's own, else the offline Qwen2.5 one)")
+  swp.add_argument("--data", default=None,
+                   help="local benchmark file(s) instead of the hub: FILE for one benchmark, "
+                        "or NAME=FILE[,NAME=FILE...] (default: none)")
+  swp.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                   help="system turn of the prompt (default: Qwen's own)")
+  swp.add_argument("--instruction", default=None,
+                   help="text after each problem (default: Z1's per family, e.g. 'Please reason "
+                        "step by step.' for code)")
+  swp.add_argument("--reference", default=None,
+                   help="JSON points to plot beside the run, e.g. "
+                        "configs/paper_reference_points.json (default: none)")
+  swp.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel scoring runs (default: CPUs)")
+  swp.add_argument("--allow-unsandboxed", action="store_true",
+                   help="run model code without bubblewrap (limits only): unsafe")
+  swp.add_argument("--sandbox-python", default=None,
+                   help="interpreter that runs programs (default: system python3)")
+  swp.add_argument("--no-progress", action="store_true", help="no progress bars")
+  swp.add_argument("--out", required=True,
+                   help="directory for the outputs; rerun with the same config to resume "
+                        "(required)")
+  swp.set_defaults(fn=cmd_sweep)
 
   bench = sub.add_parser("bench", help="speed benchmarks against a reference")
   bench_sub = bench.add_subparsers(dest="what", required=True)
   fwd = bench_sub.add_parser("forward", help="prefill and decode step vs HF transformers")
-  fwd.add_argument("--preset", default="qwen2.5-0.5b")
-  fwd.add_argument("--batch", type=int, default=1)
-  fwd.add_argument("--seq-len", type=int, default=512)
-  fwd.add_argument("--repeats", type=int, default=5)
-  fwd.add_argument("--json", action="store_true", help="JSON lines output")
-  fwd.set_defaults(fn=cmd_bench)
+  fwd.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model size (random weights)")
+  fwd.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+  fwd.add_argument("--seq-len", type=positive_int, default=512, help="prompt tokens")
+  fwd.add_argument("--repeats", type=positive_int, default=5, help="timed rounds")
+  btr = bench_sub.add_parser("train", help="one train step (fwd, bwd, AdamW) vs HF PyTorch")
+  btr.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model shape (random weights)")
+  btr.add_argument("--batch", type=positive_int, default=1, help="rows per step")
+  btr.add_argument("--seq-len", type=positive_int, default=512, help="tokens per row")
+  btr.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation")
   dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
-  dat.add_argument("--examples", type=int, default=107_000, help="lengths to pack")
-  dat.add_argument("--seq-len", type=int, default=8192)
-  dat.add_argument("--tokenize-examples", type=int, default=1000, help="texts to tokenize")
-  dat.add_argument("--json", action="store_true", help="JSON lines output")
-  dat.set_defaults(fn=cmd_bench)
+  dat.add_argument("--examples", type=positive_int, default=107_000, help="lengths to pack")
+  dat.add_argument("--seq-len", type=positive_int, default=8192,
+                   help="tokens per packed row (Z1-like lengths longer than this are truncated)")
+  dat.add_argument("--tokenize-examples", type=positive_int, default=1000,
+                   help="texts to tokenize")
   dec = bench_sub.add_parser("decode", help="generate tokens/s vs HF transformers generate")
-  dec.add_argument("--preset", default="qwen2.5-0.5b", help="default qwen2.5-0.5b")
-  dec.add_argument("--batch", type=positive_int, default=1, help="default 1")
-  dec.add_argument("--prompt-len", type=positive_int, default=128, help="default 128")
-  dec.add_argument("--gen-len", type=positive_int, default=64, help="default 64")
-  dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default 3)")
+  dec.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model size (random weights)")
+  dec.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+  dec.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens")
+  dec.add_argument("--gen-len", type=positive_int, default=64, help="generated tokens")
+  dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds")
   dec.add_argument("--budgets", type=int_list, default=None,
                    help="also time a sweep over these budgets, e.g. 64,128,256,512,1024 "
                         "(default: no sweep)")
   dec.add_argument("--answer-tokens", type=positive_int, default=32,
-                   help="answer allowance of the sweep (default 32)")
-  dec.add_argument("--json", action="store_true", help="JSON lines output")
-  dec.set_defaults(fn=cmd_bench)
+                   help="answer allowance of the sweep")
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
-  scr.add_argument("--workers", type=int, default=None)
-  scr.add_argument("--json", action="store_true", help="JSON lines output")
-  scr.set_defaults(fn=cmd_bench)
+  scr.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel samples (default: the number of CPUs)")
+  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs one decode per "
+                             "budget and one decode at the largest budget (tiny model)")
+  bsw.add_argument("--problems", type=positive_int, default=64, help="HumanEval problems")
+  bsw.add_argument("--budgets", type=int_list, default=[32, 64, 128, 256],
+                   help="thinking budgets")
+  bsw.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
+  bsw.add_argument("--batch-size", type=positive_int, default=16,
+                   help="problems per decode batch")
+  bsw.add_argument("--workers", type=positive_int, default=None,
+                   help="scoring workers (default: CPUs)")
+  for c in (fwd, btr, dat, dec, scr, bsw):
+    c.add_argument("--json", action="store_true", help="JSON lines output")
+    c.set_defaults(fn=cmd_bench)
   return p
+
+
+def _exit_now(code: int) -> None:
+  import os
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
   """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
-  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback."""
+  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback.
+  `argv=None` (the real command line) exits at once on Ctrl-C; a list returns 130 instead."""
   import os
   from z1_jax.errors import Z1Error
+  from z1_jax.topology import select_platform
   args = build_parser().parse_args(argv)
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
+  select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
-    return args.fn(args)
+    code = args.fn(args)
   except KeyboardInterrupt:
     if debug:
       raise
     print(f"z1 {args.command}: interrupted; the previous output, if any, is left as it was",
           file=sys.stderr)
+    if argv is None:
+      # The real command line: exit now rather than wait for worker threads still running
+      # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
+      _exit_now(130)
     return 130
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError, ValueError, KeyError) as e:
@@ -295,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"z1 {args.command}: unexpected {type(e).__name__}: {e}\n"
           f"(rerun with --debug or Z1_DEBUG=1 for the traceback)", file=sys.stderr)
     return 1
+  if argv is None:  # done: a Ctrl-C while Python shuts down exits quietly with this code
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
+  return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ issue extends it to train -> infer -> eval.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +26,25 @@ from z1_jax.infer.decode import greedy_generate
 from z1_jax.model.config import get_preset
 from z1_jax.model.qwen2 import create_model
 from z1_jax.model.sharding import make_mesh
+from z1_jax.outputs import check_output_dir
 
 
 def _step(name: str, start: float) -> None:
   print(f"[demo] {name} ({time.perf_counter() - start:.1f}s)", flush=True)
 
 
-def run_demo(out: str | None = None) -> int:
+# What the demo writes under `--out`: a directory holding only these is a previous demo output.
+DEMO_OUTPUTS = ("hf_a", "hf_b", "orbax")
+
+
+def run_demo(out: str | None = None, overwrite: bool = False) -> int:
   from safetensors.numpy import load_file  # fp32 tensors: the numpy reader suffices
 
+  if out is not None:
+    out = check_output_dir(out, "--out", overwrite, what="demo output",
+                           is_previous=lambda p: {e.name for e in p.iterdir()} <= set(DEMO_OUTPUTS))
+    for name in DEMO_OUTPUTS:  # replaced whole: Orbax would keep an old step 0
+      shutil.rmtree(out / name, ignore_errors=True)
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     root = Path(out or tmp)

@@ -35,7 +35,7 @@ def bench_data(n_examples: int = 107_000, seq_len: int = 8192, n_tokenize: int =
   from z1_jax.data.sources import Example, read_examples, sample_dataset_path
   from z1_jax.data.tokenizer import load_tokenizer
 
-  lengths = z1_like_lengths(n_examples, seed)
+  lengths = np.minimum(z1_like_lengths(n_examples, seed), seq_len)  # truncate, as training does
   start = time.perf_counter()
   rows = pack_best_fit(lengths, seq_len)
   pack_s = time.perf_counter() - start

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from z1_jax.errors import Z1Error
+from z1_jax.outputs import commit, sweep_partials, temp_sibling
 from z1_jax.model.config import Qwen2Config, from_hf_config, to_hf_config
 from z1_jax.model.qwen2 import Qwen2, abstract_model, state_shardings
 from z1_jax.model.sharding import LogicalRules
@@ -109,22 +109,38 @@ def _expected_hf_shapes(cfg: Qwen2Config) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+_FILE_SUFFIXES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".txt")
+
+
 def resolve_checkpoint_dir(path_or_id: str | os.PathLike) -> Path:
-  """A local directory as is; otherwise a hub id downloaded (config, safetensors, tokenizer)."""
+  """A local directory as is; otherwise a hub id downloaded (config, safetensors, tokenizer).
+  A path to a file (e.g. `dir/model.safetensors`) is refused, naming the directory to pass."""
+  from z1_jax.hub import check_reachable, hub_offline
   path = Path(path_or_id).expanduser()
+  text = str(path_or_id)
   if path.is_dir():
     return path
-  text = str(path_or_id)
-  looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/"))
+  if path.exists():
+    raise CheckpointError(f"{text} is a file; pass the checkpoint directory that holds "
+                          f"config.json and the *.safetensors files: {path.parent}")
+  looks_like_hub_id = (re.fullmatch(r"[\w.-]+/[\w.-]+", text) and
+                       not text.startswith((".", "/", "~")) and
+                       not text.lower().endswith(_FILE_SUFFIXES) and
+                       not Path(text.split("/")[0]).expanduser().is_dir())
   if not looks_like_hub_id:
     raise FileNotFoundError(f"checkpoint directory not found: {text}")
+  check_reachable("checkpoint", text)
   try:
     from huggingface_hub import snapshot_download
     return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.txt",
                                                         "*.model", "*.tiktoken"]))
   except Exception as e:  # noqa: BLE001 - report why the hub id could not be used
-    raise FileNotFoundError(f"{text!r} is not a local directory and could not be downloaded "
-                            f"from the Hugging Face hub: {type(e).__name__}: {e}") from e
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise CheckpointError(
+        f"{text!r} is not a local directory and could not be downloaded from the Hugging Face "
+        f"hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}: {type(e).__name__}: "
+        f"{first}. Pass a local checkpoint directory instead (e.g. one made with "
+        f"`huggingface-cli download {text} --local-dir DIR` where the hub is reachable)") from e
 
 
 def _tensor_files(ckpt: Path) -> dict[str, Path]:
@@ -294,9 +310,11 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
   """
   out = Path(out_dir).expanduser().absolute()
   if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
   cfg = model.cfg
   np_dtype = np.dtype(jax.numpy.dtype(dtype))
+  if not jax.numpy.issubdtype(np_dtype, jax.numpy.floating):
+    raise Z1Error(f"dtype={dtype!r} (--dtype): weights need a float dtype such as bfloat16")
   cap = _parse_size(max_shard_size)
   state = nnx.state(model)
   sources = _hf_sources(cfg)
@@ -316,9 +334,11 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
            [f"model-{j + 1:05d}-of-{len(plan):05d}.safetensors" for j in range(len(plan))])
 
   writer = jax.process_index() == 0
-  tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+  tmp = temp_sibling(out)
   if writer:
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(out)
+    tmp.mkdir()
   try:
     weight_map, total = {}, 0
     bar = tqdm(total=len(sources), desc=f"export {out.name}", unit="param",
@@ -382,12 +402,7 @@ def _save_tokenizer(tokenizer: Any, dest: Path) -> None:
 
 
 def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-  if out.exists():
-    if not overwrite:
-      raise FileExistsError(f"{out} appeared during export; pass overwrite=True to replace it")
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, out)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} appeared during export; pass overwrite=True (--overwrite) to "
+                          "replace it")
+  commit(tmp, out)

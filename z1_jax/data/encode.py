@@ -12,15 +12,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT, render_prompt, render_target
-from z1_jax.data.sources import Columns, Example, ReadStats, read_examples, resolve_files
+from z1_jax.data.sources import (Columns, DataError, Example, ReadStats, read_examples,
+                                 resolve_files)
 from z1_jax.data.tokenizer import load_tokenizer
+from z1_jax.outputs import atomic_path
 
 CACHE_VERSION = 1
 
@@ -82,7 +85,7 @@ def _cache_key(cfg: EncodeConfig, tokenizer) -> str:
   local = Path(cfg.dataset).expanduser()
   if local.exists():
     inputs = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
-              for f in resolve_files(local)]
+              for f in resolve_files(local, cfg.split)]
   else:
     inputs = [cfg.dataset, cfg.split]
   vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else (
@@ -102,20 +105,24 @@ def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None
   if cache_dir is not None:
     cache = Path(cache_dir) / f"tokenized-{_cache_key(cfg, tokenizer)}.npz"
     if cache.exists():
-      with np.load(cache, allow_pickle=False) as z:
-        return Encoded(z["tokens"], z["offsets"], z["prompt_lens"], z["sources"].tolist(),
-                       int(z["skipped"]), from_cache=True)
+      try:
+        with np.load(cache, allow_pickle=False) as z:
+          return Encoded(z["tokens"], z["offsets"], z["prompt_lens"], z["sources"].tolist(),
+                         int(z["skipped"]), from_cache=True)
+      except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        # Written atomically, so this is outside damage: say so, then tokenize afresh.
+        print(f"z1: ignoring unreadable tokenization cache {cache} ({type(e).__name__}: {e}); "
+              "it will be rewritten", file=sys.stderr)
   stats = ReadStats()
   examples = list(read_examples(cfg.dataset, cfg.columns, cfg.on_bad_row, cfg.split, stats))
   if not examples:
-    raise ValueError(f"{cfg.dataset}: no usable examples ({stats.skipped} skipped)")
+    raise DataError(f"{cfg.dataset}: no usable examples ({stats.skipped} skipped"
+                    f"{': ' + stats.errors[0] if stats.errors else ', the input is empty'})")
   encoded = encode_texts(tokenizer, examples, cfg, progress=progress)
   encoded.skipped = stats.skipped
   if cache is not None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{uuid.uuid4().hex[:8]}.npz")
-    np.savez(tmp, tokens=encoded.tokens, offsets=encoded.offsets,
-             prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
-             skipped=np.asarray(encoded.skipped))
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+      np.savez(f, tokens=encoded.tokens, offsets=encoded.offsets,
+               prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
+               skipped=np.asarray(encoded.skipped))
   return encoded

@@ -32,6 +32,16 @@ def offline_tokenizer_dir() -> Path:
 def load_tokenizer(path_or_id: str | None = None) -> PreTrainedTokenizerBase:
   """None: the offline Qwen2.5 copy. Otherwise any HF tokenizer directory or hub id."""
   source = str(offline_tokenizer_dir()) if path_or_id is None else str(path_or_id)
+  local = Path(source).expanduser()
+  if local.is_file():
+    raise FileNotFoundError(f"cannot load a tokenizer from {source!r}: it is a file; pass the "
+                            "directory holding it")
+  if not local.exists():
+    parts = source.split("/")
+    if len(parts) != 2 or not all(parts) or source.startswith((".", "/", "~")):
+      raise FileNotFoundError(f"cannot load a tokenizer from {source!r}: no such directory")
+    from z1_jax.hub import check_reachable
+    check_reachable("tokenizer", source)
   try:
     tok = AutoTokenizer.from_pretrained(source)
   except OSError as e:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import gzip
 import importlib.util
 import io
 import json
@@ -19,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-from z1_jax.data.sources import jsonl_records
+from z1_jax.data.sources import DataError, jsonl_records
 
 # Z1 evaluation prompts per benchmark family (the instruction follows the problem text).
 PROMPTS = {
@@ -61,33 +60,46 @@ def _package_file(package: str, *parts: str) -> Path:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-  """JSONL (optionally .gz), JSON list, Parquet or CSV rows of a local benchmark file."""
+  """JSONL (optionally .gz), JSON list, Parquet or CSV rows of a local benchmark file; a
+  corrupt, truncated or empty file raises `DataError` naming it (and the row, where known)."""
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"benchmark file not found: {path}")
+  if path.is_dir():
+    raise DataError(f"{path} is a directory; expected a benchmark file (JSONL, JSON, Parquet, "
+                    "CSV)")
   if path.suffix == ".parquet":
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
-  if path.suffix == ".csv":
+    try:
+      rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+      raise DataError(f"{path}: not a readable Parquet file (truncated or corrupt?): {e}") from e
+  elif path.suffix == ".csv":
     import csv
-    with open(path, newline="") as f:
-      return list(csv.DictReader(f))
-  if path.suffix == ".json":
-    return json.loads(path.read_text())
-  if path.suffix == ".gz":  # HumanEval ships gzipped JSONL
-    with gzip.open(path, "rt") as f:
-      return [json.loads(line) for line in f if line.strip()]
-  return [row for _, row in jsonl_records(path)]
+    try:
+      with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+      raise DataError(f"{path}: not a readable CSV file: {e}") from e
+  else:  # JSONL or one JSON array, gzipped or not (HumanEval ships gzipped JSONL)
+    rows = [row for _, row in jsonl_records(path)]
+  if not rows:
+    raise DataError(f"{path}: no rows")
+  return rows
 
 
 def _hub_rows(dataset_id: str, name: str | None, split: str, **kw) -> list[dict]:
+  from z1_jax.hub import check_reachable
   import datasets
+  check_reachable("benchmark", dataset_id)
   try:
     return list(datasets.load_dataset(dataset_id, name, split=split, **kw))
   except Exception as e:  # noqa: BLE001 - say what failed and how to work offline
-    raise FileNotFoundError(f"could not load {dataset_id} ({name or 'default'}, {split}) from the "
-                            f"Hugging Face hub ({type(e).__name__}: {e}); pass path= a local "
-                            "file in the same schema") from e
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise DataError(f"could not load {dataset_id} ({name or 'default'}, {split}) from the "
+                    f"Hugging Face hub ({type(e).__name__}: {first}); pass a local file in the "
+                    "same schema (--data FILE, or path= in Python)") from e
 
 
 def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
@@ -207,6 +219,16 @@ def load_livecodebench(path=None, instruction=None, release: str = "release_v5",
   return out
 
 
+def _libs(field: Any) -> list[str]:
+  """BigCodeBench's `libs`: the modules a task imports, as a list or its Python repr."""
+  if not field:
+    return []
+  if isinstance(field, str):
+    import ast
+    field = ast.literal_eval(field)
+  return [str(x) for x in field]
+
+
 def load_bigcodebench_hard(path=None, instruction=None, split: str = "v0.1.4",
                            **_) -> list[Problem]:
   rows = read_rows(path) if path else _hub_rows("bigcode/bigcodebench-hard", None, split)
@@ -218,7 +240,8 @@ def load_bigcodebench_hard(path=None, instruction=None, split: str = "v0.1.4",
                        _with_instruction(r["instruct_prompt"], "code", instruction),
                        tests={"style": "unittest", "test": r["test"],
                               "entry_point": r["entry_point"],
-                              "code_prompt": r.get("code_prompt", "")}))
+                              "code_prompt": r.get("code_prompt", ""),
+                              "libs": _libs(r.get("libs"))}))
   return out
 
 
@@ -232,6 +255,12 @@ LOADERS: dict[str, Callable[..., list[Problem]]] = {
     "livecodebench": load_livecodebench,
     "bigcodebench-hard": load_bigcodebench_hard,
 }
+
+
+# The id field each benchmark's own files use; rows we write keep the id under that name.
+ID_FIELD = {"humaneval": "task_id", "aime2024": "id", "aime2025": "id", "math500-mmath": "id",
+            "math500": "unique_id", "gpqa-diamond": "Record ID", "livecodebench": "question_id",
+            "bigcodebench-hard": "task_id"}
 
 
 def load_benchmark(name: str, **kwargs) -> list[Problem]:

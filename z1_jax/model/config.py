@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-REMAT_POLICIES = ("none", "full", "save_dots", "save_attn_out")
+from z1_jax.model.remat import parse_policy as parse_remat_policy
+
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +30,20 @@ class Qwen2Config:
   # Layers as one stacked module run by lax.scan (fast compiles on big meshes) or as a list of
   # separate modules (no per-step weight slicing: faster decode, especially on CPU).
   scan_layers: bool = False
-  remat_policy: str = "none"
+  remat_policy: str = "none"  # see model/remat.py: none, full, save_qkv_attn, offload_..., ...
+  # "auto" (best the platform has), "dense", "blockwise", "splash" (TPU), "cudnn" (NVIDIA GPU):
+  # see model/attention.py.
+  attention_impl: str = "auto"
   # Special ids (Qwen2.5 tokenizer). The pad id is also a real token: never build masks from it.
   bos_token_id: int = 151643
   eos_token_id: int = 151645
   pad_token_id: int = 151643
 
   def __post_init__(self):
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+    parse_remat_policy(self.remat_policy)  # raises, naming the policy or activation
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
+                       f"{ATTENTION_IMPLS}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from z1_jax.model import attention
 from z1_jax.model.config import Qwen2Config
+from z1_jax.model.remat import remat
 from z1_jax.model.sharding import LogicalRules
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -91,14 +93,26 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 CAUSAL_BLOCK = 128
 
 
-def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False) -> jax.Array:
+def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False,
+           impl: str = "dense", rules: LogicalRules | None = None) -> jax.Array:
   """Grouped-query attention; K/V are never repeated. q `[B, L, H, D]`, k/v `[B, K, S, D]`.
 
   A query sees a key iff both are in the same (non-zero) segment and the key's position is not
   after the query's. Rows with no visible key (padding) produce finite garbage, never NaN.
   `causal_blocks` (queries and keys are the same row, in order: packed rows, prefill) skips the
   key blocks after each query block, which are never visible: about 40% less work at L=512.
+  `impl` (`Qwen2Config.attention_impl`): dense (here), or blockwise / splash / cudnn / auto from
+  `model/attention.py`; splash runs under `shard_map` over `rules.mesh`.
   """
+  mesh = None if rules is None else rules.mesh
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  impl = attention.resolve_impl(impl, platform, causal_blocks, k.shape[2])
+  if impl == "blockwise":
+    return attention.blockwise_attention(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks)
+  if impl == "splash":
+    return attention.splash_attention(q, k, v, q_seg, mesh, rules, interpret=platform != "tpu")
+  if impl == "cudnn":
+    return attention.cudnn_attention(q, k, v, q_seg)
   l, s = q.shape[1], k.shape[2]
   c = CAUSAL_BLOCK
   if causal_blocks and l == s and l > c and l % c == 0:
@@ -151,6 +165,7 @@ class Attention(nnx.Module):
     self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), pd, "zeros", stack)
     self.v_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), pd, "zeros", stack)
     self.o_proj = _param(rngs, (h, d, e), ("q_heads", "head_dim", "embed"), pd, stack=stack)
+    self.attention_impl = cfg.attention_impl  # static: see model/attention.py
 
   def __call__(self, x, segment_ids, positions, rope, kv, rules: LogicalRules | None):
     """kv: None (attend within `x`) or (k_cache, v_cache, cache_seg, cache_pos, index, fresh).
@@ -167,6 +182,8 @@ class Attention(nnx.Module):
       q = rules.constrain(q, ("batch", "seq", "act_heads", "head_dim"))
       k = rules.constrain(k, ("batch", "seq", "act_kv_heads", "head_dim"))
       v = rules.constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
+    # Named for remat policies (model/remat.py).
+    q, k, v = checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, D]
     self_only = kv is None or kv[5]
     if kv is None:
@@ -177,14 +194,15 @@ class Attention(nnx.Module):
       v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 2)
       new_kv = (k_cache, v_cache)
     if self_only:
-      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True)
+      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True,
+                   impl=self.attention_impl, rules=rules)
     else:
       out = attend(q, k_cache.astype(dt), v_cache.astype(dt), segment_ids, positions, kv_seg,
-                   kv_pos)
+                   kv_pos, impl=self.attention_impl, rules=rules)
     out = checkpoint_name(out, "attn_out")
     # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) directly makes XLA copy it.
     o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
-    return out.reshape(*out.shape[:2], -1) @ o_proj, new_kv
+    return checkpoint_name(out.reshape(*out.shape[:2], -1) @ o_proj, "attn_proj"), new_kv
 
 
 class MLP(nnx.Module):
@@ -201,7 +219,8 @@ class MLP(nnx.Module):
     h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
     if rules is not None:
       h = rules.constrain(h, ("batch", "seq", "act_mlp"))
-    return h @ self.down[...].astype(dt)
+    h = checkpoint_name(h, "mlp_hidden")
+    return checkpoint_name(h @ self.down[...].astype(dt), "mlp_out")
 
 
 class DecoderLayer(nnx.Module):
@@ -219,17 +238,6 @@ class DecoderLayer(nnx.Module):
     if rules is not None:
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
     return x, new_kv
-
-
-def _remat(fn, policy: str):
-  if policy == "none":
-    return fn
-  policies = {
-      "full": jax.checkpoint_policies.nothing_saveable,
-      "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-      "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
-  }
-  return jax.checkpoint(fn, policy=policies[policy])
 
 
 class Qwen2(nnx.Module):
@@ -251,7 +259,7 @@ class Qwen2(nnx.Module):
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None, cache: KVCache | None = None,
                cache_index: jax.Array | int = 0, last_only: bool = False,
-               prefill: bool = False):
+               prefill: bool = False, return_hidden: bool = False):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
     With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1` (the
@@ -260,7 +268,9 @@ class Qwen2(nnx.Module):
     themselves (the fast path). A Python int `cache_index` is checked against the cache length
     here; a traced one cannot be (`dynamic_update_slice` would clamp it and overwrite the last
     slots), so callers check every write index on the host first (`infer.loop` does).
-    `last_only` computes logits for the final position only (`[B, 1, V]`).
+    `last_only` computes logits for the final position only (`[B, 1, V]`). `return_hidden`
+    (no cache) returns the final normed hidden states `[B, L, E]` instead of logits, for a loss
+    that applies `head_weight()` itself chunk by chunk (`model/loss.py`).
     """
     cfg, rules = self.cfg, self.rules
     b, l = tokens.shape
@@ -273,6 +283,7 @@ class Qwen2(nnx.Module):
     if rules is not None:
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
+    platform = rules.mesh.devices.flat[0].platform if rules is not None else jax.default_backend()
 
     if cache is not None:
       fresh = prefill
@@ -288,7 +299,7 @@ class Qwen2(nnx.Module):
       def run(layer_state, x, kv_pair):
         kv = None if kv_pair is None else (*kv_pair, kv_seg, kv_pos, index, fresh)
         return nnx.merge(graphdef, layer_state)(x, segment_ids, positions, rope, kv, rules)
-      return _remat(run, cfg.remat_policy)
+      return remat(run, cfg.remat_policy, platform)
 
     if cfg.scan_layers:
       graphdef, stacked = nnx.split(self.layers)
@@ -313,17 +324,22 @@ class Qwen2(nnx.Module):
       new_k, new_v = tuple(new_k), tuple(new_v)
 
     x = self.final_norm(x)
+    if return_hidden and cache is None:
+      return x
     if last_only:
       x = x[:, -1:]
-    head = self.embed if cfg.tie_word_embeddings else self.lm_head
+    head = self.head_weight()
     # Contract on the shared hidden axis of the [V, E] table: no transposed copy of it.
-    logits = jnp.einsum("ble,ve->blv", x, head[...].astype(dt),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum("ble,ve->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
     if rules is not None:
       logits = rules.constrain(logits, ("batch", "seq", "act_vocab"))
     if cache is None:
       return logits
     return logits, KVCache(new_k, new_v, kv_seg, kv_pos)
+
+  def head_weight(self) -> jax.Array:
+    """The LM head's `[V, E]` table (the embedding when tied)."""
+    return (self.embed if self.cfg.tie_word_embeddings else self.lm_head)[...]
 
 
 def _is_var(x) -> bool:
@@ -337,8 +353,10 @@ def abstract_model(cfg: Qwen2Config, rules: LogicalRules | None = None) -> Qwen2
 
 def state_shardings(state: nnx.State, rules: LogicalRules) -> nnx.State:
   """The target `NamedSharding` of every parameter, from its logical axes."""
-  return jax.tree.map(lambda v: v.replace(rules.sharding(v.axes, v.get_value().shape)), state,
-                      is_leaf=_is_var)
+  def one(path, v):
+    name = "parameter " + ".".join(str(getattr(k, "key", k)) for k in path)
+    return v.replace(rules.sharding(v.axes, v.get_value().shape, name))
+  return jax.tree.map_with_path(one, state, is_leaf=_is_var)
 
 
 def create_model(cfg: Qwen2Config, rules: LogicalRules | None = None, seed: int = 0) -> Qwen2:

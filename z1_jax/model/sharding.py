@@ -2,10 +2,12 @@
 
 Every parameter and every constrained activation names its dimensions with logical axes
 (`embed`, `q_heads`, ...). `LogicalRules` maps those names onto the mesh axes `data`, `fsdp`,
-`tensor`. A dimension whose size is not divisible by its mesh axes is replicated instead: this
-is how 4 KV heads run on a tensor axis of 8 (K/V projections and the KV cache are replicated
-over `tensor`; the 28 query heads of 7B likewise fall back to replicated when tensor=8, while
-their MLP and vocab dimensions stay split).
+`tensor`. A dimension whose size does not divide over its mesh axes is an error
+(`UnevenShardingError`, naming the parameter or activation, the dimension, its size and the mesh
+axes), never a silent copy of the work on every shard. The one exception is the allow-list
+`REPLICATE_IF_UNEVEN`: K/V heads (`kv_heads`, `act_kv_heads`) are replicated over `tensor` when
+there are fewer of them than tensor shards, e.g. 4 KV heads on tensor=8 (K/V projections and the
+KV cache are then copied per shard, as Qwen2's few KV heads need; query heads stay split).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from z1_jax.errors import Z1Error
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -49,6 +53,14 @@ SERVING_RULES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     for name, axes in DEFAULT_RULES)
 
 
+# Logical axes replicated (not refused) when their size does not divide over their mesh axes.
+REPLICATE_IF_UNEVEN = frozenset({"kv_heads", "act_kv_heads"})
+
+
+class UnevenShardingError(Z1Error):
+  """A dimension that does not divide over the mesh axes its logical axis maps to."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LogicalRules:
   """Maps logical axis names to mesh axes for one mesh."""
@@ -65,7 +77,11 @@ class LogicalRules:
         raise ValueError(f"rule {name!r} -> {axes} uses mesh axes {sorted(unknown)} not in "
                          f"mesh {self.mesh.axis_names}")
 
-  def spec(self, logical: Sequence[str | None], shape: Sequence[int] | None = None) -> P:
+  def spec(self, logical: Sequence[str | None], shape: Sequence[int] | None = None,
+           name: str | None = None) -> P:
+    """The `PartitionSpec` of an array with these logical axes (and, when given, this shape:
+    checked to divide; `name` says which parameter or activation in the error)."""
+    what = name or f"activation {tuple(logical)}"
     table = dict(self.rules)
     used: dict[str, str] = {}
     out = []
@@ -77,8 +93,15 @@ class LogicalRules:
         raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
       axes = tuple(a for a in table[name] if self.mesh.shape[a] > 1)
       if shape is not None and axes:
-        if shape[i] % math.prod(self.mesh.shape[a] for a in axes):
-          axes = ()  # not divisible: replicate this dimension (see module docstring)
+        shards = math.prod(self.mesh.shape[a] for a in axes)
+        if shape[i] % shards:
+          if logical[i] not in REPLICATE_IF_UNEVEN:
+            mesh_axes = " x ".join(f"{a}={self.mesh.shape[a]}" for a in axes)
+            raise UnevenShardingError(
+                f"{what} of shape {tuple(shape)}: dimension {i} ({logical[i]!r}, size "
+                f"{shape[i]}) does not divide over mesh axes {mesh_axes} ({shards} shards); "
+                f"choose a mesh whose {'*'.join(axes)} divides {shape[i]}")
+          axes = ()  # allow-listed (K/V heads): replicated, see the module docstring
       for a in axes:
         if a in used:
           raise ValueError(f"mesh axis {a!r} used twice in one spec: by logical axes "
@@ -87,11 +110,13 @@ class LogicalRules:
       out.append(axes[0] if len(axes) == 1 else (axes or None))
     return P(*out)
 
-  def sharding(self, logical: Sequence[str | None], shape: Sequence[int] | None = None):
-    return NamedSharding(self.mesh, self.spec(logical, shape))
+  def sharding(self, logical: Sequence[str | None], shape: Sequence[int] | None = None,
+               name: str | None = None):
+    return NamedSharding(self.mesh, self.spec(logical, shape, name))
 
-  def constrain(self, x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-    return jax.lax.with_sharding_constraint(x, self.sharding(logical, x.shape))
+  def constrain(self, x: jax.Array, logical: Sequence[str | None],
+                name: str | None = None) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x, self.sharding(logical, x.shape, name))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:

@@ -1,0 +1,233 @@
+"""`z1 train`: data -> model (HF, scratch, or the run's latest checkpoint) -> steps -> Orbax.
+
+Order of work, so that bad input fails before anything is compiled or written: config and
+output directory checks, mesh, batch divisibility, the model's config (HF `config.json` or the
+checkpoint's), tokenization and packing. Only then is the output directory created and the step
+compiled. An output directory holding a run (`z1_run.json`) resumes from its latest complete
+checkpoint; the settings that shape the trajectory must match the run's (see `_MAY_CHANGE`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from z1_jax.config import ConfigError, RunConfig, model_config, runtime_overrides
+from z1_jax.data.pack import ROW_FIELDS
+from z1_jax.errors import Z1Error
+from z1_jax.train.checkpoints import Checkpointer
+from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, to_host, train_flops_per_token
+from z1_jax.train.step import build_train_step, check_batch_fits, make_run_mesh
+
+RUN_FILE = "z1_run.json"
+# Settings that may differ when a run resumes; every other one must match the run's.
+_MAY_CHANGE = {"train.max_steps", "train.eval_every", "train.eval_batches",
+               "train.peak_flops_per_device", "checkpoint.every_steps", "checkpoint.keep",
+               "checkpoint.async_save", "mesh.data", "mesh.fsdp", "mesh.tensor",
+               "model.remat_policy", "data.cache_dir", "data.eval_dataset", "data.eval_split"}
+# Fields of Qwen2Config that describe the architecture (a preset must agree with HF weights).
+_ARCH = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+         "num_kv_heads", "dim_per_head", "tie_word_embeddings")
+
+
+class TrainingDiverged(Z1Error):
+  """Loss or gradient norm became NaN/inf; the run stopped, earlier checkpoints kept."""
+
+
+def _flat(d: dict) -> dict[str, object]:
+  return {f"{s}.{k}": v for s, body in d.items() for k, v in body.items()}
+
+
+def _check_out_dir(out: Path, cfg: RunConfig) -> bool:
+  """True when `out` holds an earlier run of the same settings (resume), False when it is new
+  or empty. Anything else is refused, before any work."""
+  if out.exists() and not out.is_dir():
+    raise Z1Error(f"--out {out}: exists and is not a directory")
+  if not out.is_dir() or not any(out.iterdir()):
+    return False
+  run_file = out / RUN_FILE
+  if not run_file.is_file():
+    raise Z1Error(f"--out {out}: directory exists, is not empty and holds no {RUN_FILE} (not "
+                  "a z1 train run); give a new or empty directory")
+  try:
+    before = _flat(json.loads(run_file.read_text())["config"])
+  except (ValueError, KeyError) as e:
+    raise Z1Error(f"{run_file}: unreadable run record ({e})") from None
+  now = _flat(cfg.to_dict())
+  for key, value in now.items():
+    if key not in _MAY_CHANGE and key in before and before[key] != value:
+      raise ConfigError(f"{key} = {value!r} differs from the run in {out} ({before[key]!r}); "
+                        f"resume with the same value or use a new --out directory")
+  return True
+
+
+def _write_run_file(out: Path, cfg: RunConfig) -> None:
+  tmp = out / f".{RUN_FILE}.tmp"
+  tmp.write_text(json.dumps({"config": cfg.to_dict(), "source": cfg.source}, indent=2))
+  os.replace(tmp, out / RUN_FILE)
+
+
+def load_packed(cfg: RunConfig, eval_split: bool = False, progress: bool = True):
+  """Tokenized, packed rows of the train (or held-out) split; None when no held-out split."""
+  from z1_jax.data.encode import EncodeConfig, encode_dataset
+  from z1_jax.data.pack import pack
+  from z1_jax.data.sources import Columns, sample_dataset_path
+  from z1_jax.data.tokenizer import load_tokenizer
+  d = cfg.data
+  if eval_split and not d.eval_dataset:
+    return None
+  dataset = d.eval_dataset if eval_split else (d.dataset or str(sample_dataset_path()))
+  tokenizer = load_tokenizer(d.tokenizer or None)
+  ecfg = EncodeConfig(dataset=dataset, tokenizer=d.tokenizer or None,
+                      system_prompt=d.system_prompt, strip_think_tags=d.strip_think_tags,
+                      columns=Columns(d.question_column, d.response_column),
+                      on_bad_row=d.on_bad_row, split=d.eval_split if eval_split else d.split)
+  encoded = encode_dataset(ecfg, cache_dir=d.cache_dir or None, tokenizer=tokenizer,
+                           progress=progress)
+  return pack(encoded, d.seq_len, tokenizer.pad_token_id or 0, d.overlong)
+
+
+def _model_config(cfg: RunConfig, ckpt: Checkpointer | None, latest: int | None):
+  """(architecture + run numerics, HF checkpoint dir to load or None)."""
+  if latest is not None:
+    return ckpt.read_model_config(latest).replace(**runtime_overrides(cfg)), None
+  if cfg.model.hf_checkpoint:
+    from z1_jax.checkpoint.hf import read_hf_config, resolve_checkpoint_dir
+    hf_dir = resolve_checkpoint_dir(cfg.model.hf_checkpoint)
+    mcfg = read_hf_config(hf_dir, **runtime_overrides(cfg))
+    if cfg.model.preset:
+      preset = model_config(cfg)
+      diff = [f for f in _ARCH if getattr(preset, f) != getattr(mcfg, f)]
+      if diff:
+        raise ConfigError(f"model.preset = {cfg.model.preset!r} disagrees with "
+                          f"{hf_dir}/config.json on {', '.join(diff)}; set model.preset = \"\" "
+                          "or the matching preset")
+    return mcfg, hf_dir
+  return model_config(cfg), None
+
+
+def evaluate(ts, params, packed, cfg: RunConfig, mesh: Mesh) -> float:
+  """Mean target-token loss over the held-out rows (in order, micro-batch rows at a time)."""
+  from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
+  batches = GlobalBatches(packed, PipelineConfig(cfg.micro_batch(), epochs=1, shuffle=False),
+                          mesh)
+  n = len(batches) if not cfg.train.eval_batches else min(len(batches), cfg.train.eval_batches)
+  total, count = 0.0, 0
+  for _ in range(n):
+    batch = next(batches)
+    s, c = ts.eval(params, {k: batch[k] for k in ROW_FIELDS})
+    total += to_float(s)
+    count += int(to_host(c))
+  return total / max(count, 1)
+
+
+def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
+          progress: bool = True) -> dict:
+  """Runs (or resumes) training into `out_dir`; returns a summary."""
+  from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
+  out = Path(out_dir).expanduser().absolute()
+  resuming = _check_out_dir(out, cfg)
+  mesh = mesh if mesh is not None else make_run_mesh(cfg)
+  check_batch_fits(cfg, mesh)
+  main = jax.process_index() == 0
+  t = cfg.train
+  ckpt_root = out / "checkpoints"
+  ckpt = Checkpointer(ckpt_root, cfg.checkpoint, create=False) if ckpt_root.is_dir() else None
+  latest = ckpt.latest_step() if ckpt is not None else None
+  model_cfg, hf_dir = _model_config(cfg, ckpt, latest)
+
+  packed = load_packed(cfg, progress=main and progress)
+  eval_packed = load_packed(cfg, eval_split=True, progress=main and progress)
+  steps_per_epoch = len(packed) // t.global_batch
+  if steps_per_epoch == 0:
+    raise ConfigError(f"train.global_batch = {t.global_batch}: the data packs into only "
+                      f"{len(packed)} rows of data.seq_len = {cfg.data.seq_len}")
+  if eval_packed is not None and len(eval_packed) < cfg.micro_batch():
+    raise ConfigError(f"data.eval_dataset: {len(eval_packed)} packed rows, fewer than one "
+                      f"micro-batch of {cfg.micro_batch()}")
+  total = t.epochs * steps_per_epoch
+  target = min(t.max_steps, total) if t.max_steps else total
+
+  ts = build_train_step(cfg, mesh, model_cfg, total)
+  batches = GlobalBatches(packed, PipelineConfig(t.global_batch, t.seed, t.epochs), mesh)
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, ts.abstract_state)
+    batches.set_state(data_state)
+    step = latest
+  else:
+    if hf_dir is not None:
+      from z1_jax.checkpoint.hf import load_hf
+      model = load_hf(hf_dir, mesh=mesh, rules=ts.rules, **runtime_overrides(cfg))
+    else:
+      from z1_jax.model.qwen2 import create_model
+      model = create_model(model_cfg, ts.rules, seed=t.seed)
+    state = ts.init_state(nnx.to_pure_dict(nnx.state(model, nnx.Param)), t.seed)
+    del model
+    step = 0
+
+  # All checks passed: from here on the output directory is written.
+  if main:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_run_file(out, cfg)
+  if ckpt is not None:
+    ckpt.close()
+  ckpt = Checkpointer(ckpt_root, cfg.checkpoint)
+  log = MetricsLog(out, step, main)
+  tokens_per_step = t.global_batch * cfg.data.seq_len
+  flops_per_step = train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
+  peak = peak_flops(mesh.devices.flat, t.peak_flops_per_device)
+  last_saved, last = latest, {}
+  bar = tqdm(total=target, initial=step, unit="step", desc="train",
+             disable=not (main and progress))
+  try:
+    clock = time.perf_counter()
+    while step < target:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        break
+      state, metrics = ts.step(state, {k: batch[k] for k in ROW_FIELDS})
+      metrics = jax.tree.map(to_host, metrics)
+      step += 1
+      now = time.perf_counter()
+      dt, clock = now - clock, now
+      loss, grad_norm = to_float(metrics["loss"]), to_float(metrics["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        where = (f"step {last_saved} in {ckpt_root}" if last_saved is not None else
+                 "none (no checkpoint was written)")
+        raise TrainingDiverged(f"step {step}: loss = {loss}, grad_norm = {grad_norm} is not "
+                               f"finite; stopped without saving. Last good checkpoint: {where}")
+      last = {"step": step, "loss": loss, "grad_norm": grad_norm,
+              "lr": to_float(metrics["lr"]), "target_tokens": int(metrics["target_tokens"]),
+              "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
+              "mfu": flops_per_step / dt / peak}
+      if step % cfg.checkpoint.every_steps == 0 or step == target:
+        ckpt.save(step, state, batches.get_state(), model_cfg)
+        last_saved = step
+      if eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
+                                      step == target):
+        last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
+      log.write(last)
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{last['lr']:.2e}")
+      clock = time.perf_counter() if "eval_loss" in last else clock
+    if step != last_saved and step > 0:
+      ckpt.save(step, state, batches.get_state(), model_cfg)
+      last_saved = step
+  finally:
+    bar.close()
+    ckpt.close()
+    log.close()
+  return {"out": str(out), "step": step, "target_steps": target, "resumed_from": latest,
+          "last_checkpoint": last_saved, "loss": last.get("loss"),
+          "eval_loss": last.get("eval_loss"), "params": model_cfg.num_params(),
+          "devices": int(mesh.devices.size), "mesh": dict(mesh.shape)}
+
