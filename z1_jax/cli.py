@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
       "tpu", help="plan, create or reuse the TPU VM, ship the code at a pinned commit, install "
       "it (tpu extra) and run `z1 train` on all workers; stream worker 0's log")
   l_tpu.add_argument("--accelerator", required=True,
-                     help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ...")
-  l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship")
+                     help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ... (required)")
+  l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship (required)")
   l_tpu.add_argument("--out", required=True,
                      help="run directory for `z1 train --out` on the workers: gs://bucket/path "
                           "(required on multi-host slices) or an absolute path")
@@ -413,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
       "stop", help="send SIGINT to z1 train on every worker (keeps the VM)")
   l_delete = launch_sub.add_parser("delete", help="delete the TPU VM (or its queued resource)")
   for c in (l_tpu, l_status, l_logs, l_stop, l_delete):
-    c.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
-    c.add_argument("--zone", required=True, help="Cloud zone, e.g. us-east5-a")
+    c.add_argument("--name", required=True, help="TPU VM (and queued resource) name (required)")
+    c.add_argument("--zone", required=True, help="Cloud zone, e.g. us-east5-a (required)")
     c.add_argument("--project", default=None, help="GCP project (default: gcloud's own)")
     c.add_argument("--dry-run", action="store_true",
                    help="print every gcloud command instead of running it")
