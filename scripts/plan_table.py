@@ -43,13 +43,16 @@ def run(slice_name: str, seq: int, extra: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
   gib = lambda b: "-" if b is None else f"{b / 2**30:.1f}"
-  out = ["| slice | chips | seq | mesh (data,fsdp,tensor) | grad_accum | args | temps | "
+  out = ["| slice | chips | seq | mesh (data,fsdp,tensor) | grad_accum | remat | args | temps | "
          "total | compiler peak | HBM | fits | compile s (CPU s) |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for p in rows:
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  order = lambda p: (p["seq_len"], SLICES.index(p["target"]) if p["target"] in SLICES else 99,
+                     p["remat_policy"] != "full")
+  for p in sorted(rows, key=order):
     mesh = ",".join(str(v) for v in p["mesh"].values())
     total = gib(p["total_bytes"]) if p["fits"] else f"needs {gib(p['required_bytes'])}"
     out.append(f"| {p['target']} | {p['chips']} | {p['seq_len']} | {mesh} | {p['grad_accum']} "
+               f"| {p['remat_policy']} "
                f"| {gib(p['arguments_bytes'])} | {gib(p['temp_bytes'])} | {total} | "
                f"{gib(p['peak_bytes'])} | {gib(p['hbm_bytes'])} | "
                f"{'yes' if p['fits'] else '**no**'} | {p['compile_s']:.0f} "
@@ -63,8 +66,12 @@ def main() -> None:
   ap.add_argument("--out", default="plans.jsonl", help="results, one JSON per line")
   ap.add_argument("--only", default=",".join(SLICES), help="slices (default: all eight)")
   ap.add_argument("--seq", default="8192,16384", help="sequence lengths")
+  ap.add_argument("--table-only", action="store_true", help="print the table of --out")
   ap.add_argument("extra", nargs="*", help="more config overrides for every row")
   args = ap.parse_args()
+  if args.table_only:
+    print(table([json.loads(line) for line in Path(args.out).read_text().splitlines()]))
+    return
   out = Path(args.out)
   done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
   have = {(p["target"], p["seq_len"], tuple(p.get("extra", []))) for p in done}
