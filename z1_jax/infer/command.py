@@ -72,7 +72,8 @@ def run_generate(args) -> int:
   else:
     from z1_jax.checkpoint.orbax_io import load_params
     overrides = {} if args.dtype is None else {"dtype": args.dtype}  # compute dtype
-    model = load_params(args.ckpt, rules=rules, **overrides)
+    # decoding wants unrolled layers: a scanned checkpoint is unstacked while it loads
+    model = load_params(args.ckpt, rules=rules, scan_layers=False, **overrides)
   budget = {} if args.thinking_budget is None else dict(
       thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
       placement=args.placement, trigger=args.trigger, trigger_ids=args.trigger_ids)
