@@ -22,6 +22,7 @@ from z1_jax.infer import budget as budget_lib
 from z1_jax.infer import loop
 from z1_jax.infer.decode import left_pad
 from z1_jax.infer.sampling import Sampling
+from z1_jax.model import attention
 from z1_jax.model.qwen2 import Qwen2
 
 
@@ -182,6 +183,10 @@ def _chunks(setup: _Setup):
 def _start(setup: _Setup, arrays, ctl, max_stop: int) -> loop.DecodeState:
   width = bucket(max_stop)
   cache_len = arrays[0].shape[1] + width
+  if cache_len > attention.DENSE_UP_TO:
+    # `auto` attention goes blockwise past DENSE_UP_TO keys and pads the keys to whole
+    # blocks: a copy of the cache every token, unless it already is whole blocks
+    cache_len = -(-cache_len // attention.BLOCK) * attention.BLOCK
   loop.check_writes(arrays[0].shape[1], max_stop, cache_len, width)  # every later stop <= it
   return loop.start(setup.graphdef, setup.params, *arrays, ctl, spec=setup.spec,
                     cache_len=cache_len, width=width)
