@@ -54,7 +54,8 @@ BAD_INVOCATIONS = [
     ("convert orbax-to-hf --ckpt {ck} --out {ck}/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --dtype int8", 2, "--dtype"),
     ("convert orbax-to-hf --ckpt {hfA} --out {new}", 2, "hf-to-orbax"),
-    ("convert orbax-to-hf --ckpt {ck}/0 --out {new}", 2, "it is step 0 of one, pass"),
+    # a step directory is accepted (issue 8) but its own inside is still refused as --out
+    ("convert orbax-to-hf --ckpt {ck}/0 --out {ck}/0/hf", 2, "inside the input --ckpt"),
     ("convert orbax-to-hf --ckpt {file} --out {new}", 2, "--ckpt"),
     ("convert orbax-to-hf --ckpt nope --out {new}", 2, "not found"),
     ("convert orbax-to-hf --ckpt {ck} --out {new} --max-shard-size 0", 2, "--max-shard-size"),
@@ -194,7 +195,7 @@ def world(tmp_path_factory, hf_checkpoint):
                                               p.tests["canonical_solution"]}) + "\n"
                                   for p in problems))
   w["demo_prev"] = root / "demo"
-  for name in ("hf_a", "orbax"):
+  for name in ("data", "hf"):  # a previous demo output (z1_jax.demo.run.DEMO_OUTPUTS)
     (w["demo_prev"] / name).mkdir(parents=True)
   w["verdicts"] = root / "verdicts.jsonl"
   w["verdicts"].write_text('{"previous": true}\n')
@@ -390,7 +391,7 @@ def test_ctrl_c_while_scoring_stops_promptly(world, tmp_path):
   argv = ["score", "--benchmark", "humaneval", "--samples", str(world["samples"]), "--out",
           str(out), "--overwrite", "--workers", "1"]
   start = time.monotonic()
-  rc, _, err = _run_paused(argv, "z1_jax.eval.score:Scorer.score_one", tmp_path / "paused",
+  rc, _, err = _run_paused(argv, "z1_jax.eval.score:Scorer._run_code", tmp_path / "paused",
                            signal.SIGINT, tmp_path)
   assert rc == 130 and "Traceback" not in err, err
   assert time.monotonic() - start < 100  # not the 120 s the paused sample would take

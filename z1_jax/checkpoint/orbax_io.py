@@ -22,6 +22,7 @@ from flax import nnx
 
 from z1_jax.checkpoint.hf import CheckpointError
 from z1_jax.model.config import Qwen2Config
+from z1_jax.paths import as_path
 from z1_jax.model.qwen2 import Qwen2, abstract_model, state_shardings
 from z1_jax.model.sharding import LogicalRules
 
@@ -35,7 +36,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
   `z1 train` run directory (`<run>/checkpoints`), a manager root, or one step directory."""
   p = Path(path).expanduser().absolute()
   if not p.is_dir():
-    raise FileNotFoundError(f"Orbax checkpoint not found: {p}")
+    raise FileNotFoundError(f"Orbax checkpoint directory not found: {p}")
   if (p / "checkpoints").is_dir():
     return p / "checkpoints", None
   if p.name.isdigit() and (p / "params").is_dir():
@@ -44,7 +45,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
 
 
 def _manager(ckpt_dir: str | os.PathLike, create: bool) -> ocp.CheckpointManager:
-  path = Path(ckpt_dir).expanduser().absolute()
+  path = as_path(ckpt_dir)  # gs:// stays a URI: Orbax writes to Cloud Storage itself
   if not create and not path.is_dir():
     raise FileNotFoundError(f"Orbax checkpoint directory not found: {path}")
   return ocp.CheckpointManager(path, item_names=("params", "config"),
@@ -71,7 +72,7 @@ def save_params(model: Qwen2, ckpt_dir: str | os.PathLike, step: int = 0) -> Pat
       config=ocp.args.JsonSave(dataclasses.asdict(model.cfg))))
   mngr.wait_until_finished()
   mngr.close()
-  return Path(ckpt_dir)
+  return as_path(ckpt_dir)
 
 
 def read_config(ckpt_dir: str | os.PathLike, step: int | None = None) -> tuple[Qwen2Config, int]:

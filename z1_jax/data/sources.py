@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 from z1_jax.errors import Z1Error
 from z1_jax.outputs import atomic_path
+from z1_jax.paths import is_uri
 
 HUB_DATASET = "efficientscaling/Z1-Code-Reasoning-107K"
 SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet", ".arrow")
@@ -214,7 +215,9 @@ def read_examples(path_or_id: str | os.PathLike, columns: Columns = Columns(),
     raise ValueError(f"on_bad_row={on_bad_row!r}: expected 'error' or 'skip'")
   stats = stats if stats is not None else ReadStats()
   local = Path(path_or_id).expanduser()
-  if local.exists() or not _looks_like_hub_id(str(path_or_id)):
+  if is_uri(path_or_id):
+    sources = [(str(path_or_id), _uri_records(str(path_or_id)))]
+  elif local.exists() or not _looks_like_hub_id(str(path_or_id)):
     sources = [(str(f), jsonl_records(f) if file_kind(f) == "jsonl" else
                 _table_records(f, columns)) for f in resolve_files(local, split)]
   else:
@@ -236,6 +239,25 @@ def read_examples(path_or_id: str | os.PathLike, columns: Columns = Columns(),
 def _looks_like_hub_id(text: str) -> bool:
   parts = text.split("/")
   return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+# `datasets` builders by file suffix, for data read from a URI.
+_URI_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def _uri_records(uri: str) -> Iterator[tuple[int, dict]]:
+  """Rows of JSONL/Parquet/Arrow files at a URI such as gs://bucket/z1/train-*.parquet (a glob
+  is fine), read by `datasets` through fsspec (gs:// needs gcsfs, in the `tpu` extra)."""
+  import datasets
+  suffix = "." + uri.rsplit(".", 1)[-1] if "." in uri.rsplit("/", 1)[-1] else ""
+  if suffix not in _URI_BUILDERS:
+    raise DataError(f"{uri}: a remote dataset must name its files with one of the suffixes "
+                    f"{', '.join(_URI_BUILDERS)} (a glob such as gs://bucket/dir/*.parquet works)")
+  try:
+    ds = datasets.load_dataset(_URI_BUILDERS[suffix], data_files=uri, split="train")
+  except Exception as e:  # noqa: BLE001 - say which URI failed and why
+    raise DataError(f"{uri}: cannot read it ({type(e).__name__}: {e})") from e
+  yield from enumerate(ds)
 
 
 def _hub_records(dataset_id: str, split: str) -> Iterator[tuple[int, dict]]:

@@ -96,6 +96,15 @@ PRESETS["tiny"] = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_si
 PRESETS["tiny-untied"] = PRESETS["tiny"].replace(tie_word_embeddings=False, num_kv_heads=1,
                                                  rope_theta=10_000.0, rms_norm_eps=1e-5)
 
+# The CPU demo's model (`z1 demo`, configs/demo.toml): trained from scratch on the chain task
+# with the demo's own tokenizer (z1_jax.demo.tokenizer: at most 384 tokens; <|endoftext|> 0,
+# <|im_start|> 1, <|im_end|> 2).
+PRESETS["z1-demo"] = Qwen2Config(vocab_size=384, hidden_size=128, intermediate_size=384,
+                                 num_layers=4, num_heads=4, num_kv_heads=2,
+                                 tie_word_embeddings=True, rope_theta=10_000.0,
+                                 max_position_embeddings=512, bos_token_id=0, eos_token_id=2,
+                                 pad_token_id=0)
+
 
 def get_preset(name: str, **overrides) -> Qwen2Config:
   key = name.lower()

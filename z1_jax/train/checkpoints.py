@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from z1_jax.checkpoint.hf import CheckpointError
 from z1_jax.config import CheckpointSection
 from z1_jax.model.config import Qwen2Config
+from z1_jax.paths import as_path
 
 ITEMS = ("params", "config", "train_state", "data")
 
@@ -29,7 +30,7 @@ ITEMS = ("params", "config", "train_state", "data")
 class Checkpointer:
 
   def __init__(self, root: str | Path, cfg: CheckpointSection, create: bool = True):
-    self.root = Path(root).absolute()
+    self.root = as_path(root)  # gs:// stays a URI: Orbax writes to Cloud Storage itself
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep, create=create, enable_async_checkpointing=cfg.async_save,
         cleanup_tmp_directories=True)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from z1_jax.config import ConfigError, RunConfig, model_config, runtime_overrides
 from z1_jax.data.pack import ROW_FIELDS
 from z1_jax.errors import Z1Error
+from z1_jax.paths import as_path
 from z1_jax.train.checkpoints import Checkpointer
 from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, to_host, train_flops_per_token
 from z1_jax.train.step import build_train_step, check_batch_fits, make_run_mesh
@@ -72,7 +73,7 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> bool:
 def _write_run_file(out: Path, cfg: RunConfig) -> None:
   tmp = out / f".{RUN_FILE}.tmp"
   tmp.write_text(json.dumps({"config": cfg.to_dict(), "source": cfg.source}, indent=2))
-  os.replace(tmp, out / RUN_FILE)
+  tmp.replace(out / RUN_FILE)
 
 
 def load_packed(cfg: RunConfig, eval_split: bool = False, progress: bool = True):
@@ -133,7 +134,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
           progress: bool = True) -> dict:
   """Runs (or resumes) training into `out_dir`; returns a summary."""
   from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
-  out = Path(out_dir).expanduser().absolute()
+  out = as_path(out_dir)  # a local directory, or gs:// shared by every host of a pod
   resuming = _check_out_dir(out, cfg)
   mesh = mesh if mesh is not None else make_run_mesh(cfg)
   check_batch_fits(cfg, mesh)

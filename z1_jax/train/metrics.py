@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from z1_jax.model.config import Qwen2Config
+from z1_jax.paths import is_uri
 
 # Dense bf16 peak FLOP/s per chip (Cloud TPU documentation).
 TPU_PEAK_FLOPS = {"v4": 275e12, "v5 lite": 197e12, "v5e": 197e12, "v5p": 459e12,
@@ -69,7 +69,12 @@ def peak_flops(devices=None, override_per_device: float = 0.0) -> float:
 
 
 class MetricsLog:
-  """`metrics.jsonl` (one object per step, flushed) and TensorBoard events; process 0 only."""
+  """`metrics.jsonl` (one object per step, flushed) and TensorBoard events; process 0 only.
+
+  On Cloud Storage (a gs:// run directory), which cannot append, `metrics.jsonl` is rewritten
+  whole every `upload_every` steps and at the end; TensorBoard writes gs:// itself."""
+
+  upload_every = 50
 
   def __init__(self, out_dir: Path, resume_step: int, enabled: bool):
     self.enabled = enabled
@@ -80,7 +85,11 @@ class MetricsLog:
     self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
-    self.file = open(self.path, "a", encoding="utf-8")
+    self.remote = is_uri(out_dir)
+    if self.remote:
+      self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    else:
+      self.file = open(self.path, "a", encoding="utf-8")
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines of steps after the resumed one (work that the restart redoes)."""
@@ -90,13 +99,18 @@ class MetricsLog:
             if line.strip() and json.loads(line).get("step", 0) <= step]
     tmp = self.path.with_name(f".{self.path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, self.path)
+    tmp.replace(self.path)
 
   def write(self, row: dict) -> None:
     if not self.enabled:
       return
-    self.file.write(json.dumps(row) + "\n")
-    self.file.flush()
+    if self.remote:
+      self.lines.append(json.dumps(row) + "\n")
+      if len(self.lines) % self.upload_every == 0:
+        self.path.write_text("".join(self.lines))
+    else:
+      self.file.write(json.dumps(row) + "\n")
+      self.file.flush()
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self.tb.add_scalar(f"train/{key}" if not key.startswith("eval") else key, value,
@@ -105,7 +119,10 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.enabled:
-      self.file.close()
+      if self.remote:
+        self.path.write_text("".join(self.lines))
+      else:
+        self.file.close()
       self.tb.close()
 
 
