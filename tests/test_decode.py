@@ -214,3 +214,22 @@ def test_host_check_refuses_writes_past_the_cache():
   check_writes(prompt_width=16, stop=32, cache_len=48, width=32)
   with pytest.raises(ValueError, match="does not fit"):
     check_writes(prompt_width=16, stop=40, cache_len=48, width=32)
+
+
+def test_long_cache_is_whole_attention_blocks_so_never_padded(tiny):
+  """Past 2048 keys attention goes blockwise, which would pad (copy) a ragged cache per token."""
+  import re
+  from z1_jax.infer import generate as g
+  from z1_jax.infer import loop
+  _, model, _ = tiny
+  setup = g._setup(model, [[1, 2, 3]], mode="z1", marker=(), eos_ids=EOS, temperature=0,
+                   top_k=None, top_p=None, seed=0, tokenizer=None, batch_size=None,
+                   row_ids=None, min_thinking=0, wait_ids=None)
+  _, arrays = next(g._chunks(setup))
+  ctl = loop.controls(stop=2100)
+  state = g._start(setup, arrays, ctl, 2100)
+  slots = state.cache.segment_ids.shape[1]
+  assert slots >= 16 + 2100 and slots % 512 == 0
+  hlo = loop.run.lower(setup.graphdef, setup.params, state, ctl,
+                       spec=setup.spec).compile().as_text()
+  assert not re.search(r"f32\[1,2,\d+,8\]\{[^}]*\} (pad|copy)\(", hlo)

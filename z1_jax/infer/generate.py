@@ -22,8 +22,8 @@ from z1_jax.infer import budget as budget_lib
 from z1_jax.infer import loop
 from z1_jax.infer.decode import left_pad
 from z1_jax.infer.sampling import Sampling
+from z1_jax.model import attention
 from z1_jax.model.qwen2 import Qwen2
-from z1_jax.model.unstack import unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +143,27 @@ def _setup(model: Qwen2, prompts, *, mode: str, marker, eos_ids, temperature,
     raise Z1Error(f"batch_size={batch_size}: expected an integer >= 1")
   multiple = _batch_multiple(model)
   batch = -(-batch_size // multiple) * multiple
-  if cfg.scan_layers:  # scan would carry the whole cache through xs/ys: a copy per token
-    model = unstack_layers(model)
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(unrolled(model))
   spec = loop.LoopSpec(sampling, eos, marker, wait, mode == "s1")
   return _Setup(graphdef, params, spec, prompts, [int(r) for r in row_ids], batch, tokenizer,
                 int(seed), int(min_thinking))
+
+
+def unrolled(model: Qwen2) -> Qwen2:
+  """The model with unrolled layers (itself when it has them). Decoding a scanned-layer model
+  would carry the whole KV cache through `lax.scan`'s xs/ys: a copy of it per token."""
+  if not model.cfg.scan_layers:
+    return model
+  from z1_jax.checkpoint.orbax_io import unstack_layers
+  from z1_jax.model.qwen2 import abstract_model, state_shardings
+  cfg = model.cfg.replace(scan_layers=False)
+  graphdef, abstract = nnx.split(abstract_model(cfg, model.rules))
+  shardings = None if model.rules is None else nnx.to_pure_dict(
+      state_shardings(abstract, model.rules))
+  params = jax.jit(lambda p: unstack_layers(p, cfg.num_layers), out_shardings=shardings)(
+      nnx.to_pure_dict(nnx.state(model)))
+  nnx.replace_by_pure_dict(abstract, params)
+  return nnx.merge(graphdef, abstract)
 
 
 def _chunks(setup: _Setup):
@@ -168,6 +183,10 @@ def _chunks(setup: _Setup):
 def _start(setup: _Setup, arrays, ctl, max_stop: int) -> loop.DecodeState:
   width = bucket(max_stop)
   cache_len = arrays[0].shape[1] + width
+  if cache_len > attention.DENSE_UP_TO:
+    # `auto` attention goes blockwise past DENSE_UP_TO keys and pads the keys to whole
+    # blocks: a copy of the cache every token, unless it already is whole blocks
+    cache_len = -(-cache_len // attention.BLOCK) * attention.BLOCK
   loop.check_writes(arrays[0].shape[1], max_stop, cache_len, width)  # every later stop <= it
   return loop.start(setup.graphdef, setup.params, *arrays, ctl, spec=setup.spec,
                     cache_len=cache_len, width=width)

@@ -24,4 +24,5 @@ def load_for_decoding(hf: str | None = None, ckpt: str | None = None, mesh=None,
   if hf is not None:
     return load_hf(hf, dtype=dtype, rules=rules)
   overrides = {} if dtype is None else {"dtype": dtype}  # the compute dtype
-  return load_params(ckpt, rules=rules, **overrides)
+  # decoding wants unrolled layers: a scanned checkpoint is unstacked while it loads
+  return load_params(ckpt, rules=rules, scan_layers=False, **overrides)
