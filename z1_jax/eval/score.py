@@ -155,6 +155,9 @@ class Scorer:
     outer: cf.Future = cf.Future()
 
     def finish(f: cf.Future):
+      if outer.done() or f.cancelled():  # interrupted: the waiter has cancelled its futures
+        outer.cancel()
+        return
       try:
         value = f.result()
       except CallTimeout:
@@ -205,6 +208,7 @@ class Scorer:
       # Ctrl-C or an error: drop the queued samples instead of running them all first.
       for fut in futures:
         fut.cancel()
+      self.close()
       raise
     return rows, summarize(rows, ids)
 
