@@ -22,7 +22,6 @@ from z1_jax.infer import budget as budget_lib
 from z1_jax.infer import loop
 from z1_jax.infer.decode import left_pad
 from z1_jax.infer.sampling import Sampling
-from z1_jax.model import attention
 from z1_jax.model.qwen2 import Qwen2
 
 
@@ -142,7 +141,10 @@ def _setup(model: Qwen2, prompts, *, mode: str, marker, eos_ids, temperature,
   if batch_size < 1:
     raise Z1Error(f"batch_size={batch_size}: expected an integer >= 1")
   multiple = _batch_multiple(model)
-  batch = -(-batch_size // multiple) * multiple
+  # At least 2 rows: with a batch of 1, XLA:CPU folds the batch axis away inside attention
+  # and duplicates each cache update into two fusions, each copying the whole KV cache every
+  # token (seen in the compiled loop); a padding row costs little in a bandwidth-bound step.
+  batch = max(-(-batch_size // multiple) * multiple, 2)
   graphdef, params = nnx.split(unrolled(model))
   spec = loop.LoopSpec(sampling, eos, marker, wait, mode == "s1")
   return _Setup(graphdef, params, spec, prompts, [int(r) for r in row_ids], batch, tokenizer,
@@ -183,10 +185,6 @@ def _chunks(setup: _Setup):
 def _start(setup: _Setup, arrays, ctl, max_stop: int) -> loop.DecodeState:
   width = bucket(max_stop)
   cache_len = arrays[0].shape[1] + width
-  if cache_len > attention.DENSE_UP_TO:
-    # `auto` attention goes blockwise past DENSE_UP_TO keys and pads the keys to whole
-    # blocks: a copy of the cache every token, unless it already is whole blocks
-    cache_len = -(-cache_len // attention.BLOCK) * attention.BLOCK
   loop.check_writes(arrays[0].shape[1], max_stop, cache_len, width)  # every later stop <= it
   return loop.start(setup.graphdef, setup.params, *arrays, ctl, spec=setup.spec,
                     cache_len=cache_len, width=width)
