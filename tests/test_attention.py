@@ -93,12 +93,13 @@ def test_cudnn_call_equals_dense_through_xla():
 
 
 def test_auto_picks_the_platforms_best():
-  assert attention.resolve_impl("auto", "tpu", True, 8192) == "splash"
-  assert attention.resolve_impl("auto", "gpu", True, 8192) == "cudnn"
-  assert attention.resolve_impl("auto", "cpu", True, 512) == "dense"
-  assert attention.resolve_impl("auto", "cpu", True, 8192) == "blockwise"
-  assert attention.resolve_impl("auto", "tpu", False, 8192) == "blockwise"  # a long KV cache
-  assert attention.resolve_impl("splash", "tpu", False, 64) == "dense"  # decode step
+  assert attention.resolve_impl("auto", "tpu", True, 8192, 8192) == "splash"
+  assert attention.resolve_impl("auto", "gpu", True, 8192, 8192) == "cudnn"
+  assert attention.resolve_impl("auto", "cpu", True, 512, 512) == "dense"
+  assert attention.resolve_impl("auto", "cpu", True, 8192, 8192) == "blockwise"
+  assert attention.resolve_impl("auto", "tpu", False, 1, 32768) == "dense"  # a decode step
+  assert attention.resolve_impl("auto", "tpu", False, 4096, 8192) == "blockwise"  # long prefill
+  assert attention.resolve_impl("splash", "tpu", False, 64, 64) == "dense"  # cache path
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     z1_jax.get_preset("tiny", attention_impl="flash")
 
@@ -111,7 +112,7 @@ def test_model_loss_and_grads_match_dense():
                           head_dim=32, num_layers=1)
   seg, pos = packed([[0, 70, 128], [0, 128]], 128)
   tokens = jnp.asarray(np.random.RandomState(3).randint(0, 512, (2, 128)), jnp.int32)
-  rules = LogicalRules(make_mesh(2, 2, 1, devices=jax.devices()[:4]))
+  rules = LogicalRules(make_mesh(1, 2, 2, devices=jax.devices()[:4]))
 
   params = nnx.state(z1_jax.create_model(cfg, rules))
 

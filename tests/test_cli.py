@@ -26,7 +26,7 @@ def test_convert_errors_exit_2(tmp_path, capsys):
   assert "checkpoint directory not found" in capsys.readouterr().err
   assert main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "none"), "--out",
                str(tmp_path / "hf")]) == 2
-  assert "Orbax checkpoint directory not found" in capsys.readouterr().err
+  assert "Orbax checkpoint not found" in capsys.readouterr().err
 
 
 def test_module_entry_point_help():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from z1_jax.config import load_config, model_config
 from z1_jax.data.encode import EncodeConfig
-from z1_jax.model.config import get_preset
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -119,7 +119,7 @@ def test_score_cli_keeps_the_id_field_and_passes_fields_through(tmp_path, capsys
   assert "--out" in capsys.readouterr().err
   assert main(["score", "--benchmark", "humaneval", "--samples", str(src), "--out", str(src),
                "--overwrite"]) == 2
-  assert "--samples file" in capsys.readouterr().err
+  assert "is the input --samples" in capsys.readouterr().err
   assert src.read_text().count("\n") == 2
 
 

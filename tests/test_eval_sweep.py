@@ -154,6 +154,15 @@ def test_resume_after_interrupt_gives_the_same_files(swept, tiny_hf, aime5, tmp_
   assert calls == [] and _files(out) == _files(swept)
 
 
+@pytest.mark.slow
+def test_the_whole_mesh_decodes_each_batch_with_the_same_rows(swept, tiny_hf, aime5, tmp_path):
+  """--mesh 4,1,2 (batch over data, heads over tensor, the 8 test devices): the same
+  files as the one-device run (the mesh is not part of the config)."""
+  out = tmp_path / "mesh"
+  assert main(_args(tiny_hf, aime5, out, "--mesh", "4,1,2")) == 0
+  assert _files(out) == _files(swept)
+
+
 def test_out_with_a_different_config_is_refused(swept, tiny_hf, aime5, capsys):
   before = {p.name: p.read_bytes() for p in swept.iterdir()}
   argv = _args(tiny_hf, aime5, swept)
@@ -195,3 +204,31 @@ def test_out_that_is_not_a_sweep_is_refused(tiny_hf, aime5, tmp_path, capsys):
   assert main(_args(tiny_hf, aime5, other)) == 2
   assert "holds no sweep" in capsys.readouterr().err
   assert os.listdir(other) == ["notes.txt"]
+
+
+def test_journal_drops_a_torn_last_line_and_keeps_the_rest(tmp_path):
+  from z1_jax.eval.sweep import Journal
+  path = tmp_path / "journal.jsonl"
+  good = {"benchmark": "humaneval", "task_id": "HumanEval/0", "sample": 0, "budget": 16,
+          "passed": False}
+  path.write_text(json.dumps(good) + "\n" + '{"benchmark": "humaneval", "task_')  # killed
+  journal = Journal(path)
+  assert list(journal.rows) == [("humaneval", "HumanEval/0", 0, 16)]
+  journal.add({**good, "budget": 24})
+  journal.add({**good, "budget": 24, "passed": True})  # recorded once per key
+  journal.close()
+  journal.add({**good, "budget": 32})  # after close (an interrupted run): ignored
+  lines = path.read_text().splitlines()
+  assert [json.loads(line)["budget"] for line in lines] == [16, 24]
+
+
+def test_parse_data_names_files_per_benchmark(tmp_path):
+  from z1_jax.errors import Z1Error
+  from z1_jax.eval.sweep import parse_data
+  assert parse_data("x.jsonl", ["math500"]) == {"math500": str((Path.cwd() / "x.jsonl"))}
+  assert parse_data("math500=a.jsonl,gpqa-diamond=/d/g.csv", ["math500", "gpqa-diamond"]) == {
+      "math500": str(Path.cwd() / "a.jsonl"), "gpqa-diamond": "/d/g.csv"}
+  with pytest.raises(Z1Error, match="with several benchmarks name each file"):
+    parse_data("x.jsonl", ["math500", "gpqa-diamond"])
+  with pytest.raises(Z1Error, match="expected NAME=FILE"):
+    parse_data("math500=", ["math500"])

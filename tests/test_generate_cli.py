@@ -63,3 +63,14 @@ def test_generate_bad_values_refused_while_parsing(capsys, argv):
                                                    ["--prompt-ids", "1", *argv])])
   assert e.value.code == 2
   assert argv[-1] in capsys.readouterr().err
+
+
+def test_generate_from_a_scanned_orbax_checkpoint(hf_checkpoint, tmp_path, capsys):
+  from z1_jax.checkpoint.orbax_io import save_params
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  save_params(z1_jax.load_hf(path, scan_layers=True), tmp_path / "ck")
+  argv = ["--prompt-ids", "3,4,5", "--max-new-tokens", "6", "--eos-ids", "281", "--json"]
+  assert main(["generate", "--ckpt", str(tmp_path / "ck"), *argv]) == 0
+  assert main(["generate", "--hf", str(path), *argv]) == 0
+  from_ckpt, from_hf = _rows(capsys)
+  assert from_ckpt["tokens"] == from_hf["tokens"] and len(from_hf["tokens"]) == 6

@@ -129,8 +129,13 @@ def test_bf16_compute_moves_fp32_master_weights_at_lr_1e5():
 
 def test_exact_resume(tmp_path, arith):
   mesh = make_mesh(2, 2, 2)
-  full = train(load_config(TINY, arith_overrides(arith)), tmp_path / "full", mesh, False)
+  with_eval = arith_overrides(arith, **{"data.eval_dataset": json.dumps(str(arith)),
+                                        "train.eval_every": 2})
+  full = train(load_config(TINY, with_eval), tmp_path / "full", mesh, False)
   assert full["step"] == 4
+  rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]  # held-out loss every 2 steps
+  assert rows[3]["eval_loss"] < rows[1]["eval_loss"] < 12
   first = train(load_config(TINY, arith_overrides(arith, **{"train.max_steps": 2})),
                 tmp_path / "split", mesh, False)
   assert first["last_checkpoint"] == 2
@@ -140,6 +145,12 @@ def test_exact_resume(tmp_path, arith):
                              atol=1e-6)
   assert [json.loads(x)["step"] for x in
           (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+  from z1_jax.checkpoint.orbax_io import load_params
+  unrolled, scanned = load_params(tmp_path / "split"), load_params(tmp_path / "split",
+                                                                   scan_layers=True)
+  assert scanned.cfg.scan_layers and scanned.layers.attn.q_proj.ndim == 4  # stacked on restore
+  tokens = np.arange(1, 20, dtype=np.int32)[None]
+  np.testing.assert_allclose(np.asarray(scanned(tokens)), np.asarray(unrolled(tokens)), atol=1e-5)
 
 
 def test_sigkill_during_save_keeps_latest_readable(tmp_path, arith):
@@ -188,7 +199,7 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   assert main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "run" / "checkpoints" / "2"),
                "--out", str(tmp_path / "export"), "--dtype", "float32"]) == 0  # a step dir
   hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "export").eval()
-  tokens = np.random.RandomState(0).randint(0, 151936, (2, 24)).astype(np.int32)
+  tokens = np.random.RandomState(0).randint(0, 151936, (4, 24)).astype(np.int32)
   with torch.no_grad():
     ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(np.asarray(model(tokens)), ref, rtol=1e-4, atol=1e-4)

@@ -7,9 +7,9 @@ import json
 import math
 import sys
 
-from z1_jax.cli_args import (Z1Parser, byte_size, choice_of, float_dtype, int_list, mesh_spec,
-                             non_negative_float, non_negative_int, positive_float, positive_int,
-                             probability)
+from z1_jax.cli_args import (Z1Parser, accelerator_name, byte_size, choice_of, float_dtype,
+                             int_list, mesh_spec, non_negative_float, non_negative_int,
+                             positive_float, positive_int, probability)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 from z1_jax.data.sources import HUB_DATASET
 
@@ -75,6 +75,17 @@ def cmd_train(args) -> int:
   return 0
 
 
+def cmd_plan(args) -> int:
+  from z1_jax.train.plan import prepare_cpu_devices
+  prepare_cpu_devices(args.devices)  # before JAX starts
+  from z1_jax.config import load_config
+  from z1_jax.train.plan import plan_train
+  plan = plan_train(load_config(args.config, args.overrides), args.accelerator, args.mesh,
+                    args.devices)
+  print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.summary())
+  return 0
+
+
 def _packed(args):
   from z1_jax.data.encode import EncodeConfig, encode_dataset
   from z1_jax.data.pack import pack
@@ -128,10 +139,6 @@ def cmd_generate(args) -> int:
 
 def cmd_score(args) -> int:
   from z1_jax.eval.score import score_file
-  from z1_jax.outputs import check_output_file
-  if args.out:  # checked before scoring, so a bad --out never costs the verdicts
-    check_output_file(args.out, "--out", args.overwrite,
-                      inputs=[("--samples", args.samples), ("--data", args.data)])
   summary = score_file(args.benchmark, args.samples, out=args.out, data=args.data,
                        workers=args.workers, timeout=args.timeout,
                        allow_unsandboxed=args.allow_unsandboxed,
@@ -141,9 +148,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-  from z1_jax.checkpoint.convert import make_mesh_arg
   from z1_jax.eval.sweep import run_from_args
-  summary = run_from_args(args, mesh=lambda: make_mesh_arg(args.mesh))
+  from z1_jax.model.sharding import mesh_from_spec
+  summary = run_from_args(args, mesh=lambda: mesh_from_spec(args.mesh))
   print(json.dumps({"out": args.out, "accuracy": {
       name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
       for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
@@ -252,13 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 
   gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
   src = gen.add_mutually_exclusive_group(required=True)
-  src.add_argument("--hf", help="HF checkpoint directory (or hub id)")
-  src.add_argument("--ckpt", help="Orbax checkpoint directory")
+  src.add_argument("--hf", help="HF checkpoint directory or hub id (default: none; one of "
+                   "--hf/--ckpt is required)")
+  src.add_argument("--ckpt", help="Orbax checkpoint: a z1 train run, a checkpoint root or one "
+                   "step directory (default: none)")
   ask = gen.add_mutually_exclusive_group(required=True)
   ask.add_argument("--prompt", action="append", help="prompt text, tokenized as is (repeat "
-                   "for a batch; needs a tokenizer)")
+                   "for a batch; needs a tokenizer; default: none, one of --prompt/--prompt-ids "
+                   "is required)")
   ask.add_argument("--prompt-ids", action="append", type=int_list,
-                   help="prompt token ids 1,2,3 (repeat for a batch)")
+                   help="prompt token ids 1,2,3 (repeat for a batch; default: none)")
   gen.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="tokens to generate without a budget (default 256)")
   gen.add_argument("--thinking-budget", type=positive_int, default=None,
@@ -287,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
   gen.add_argument("--batch-size", type=positive_int, default=None,
                    help="rows decoded together (default: all prompts, up to 64)")
-  gen.add_argument("--mesh", default=None,
-                   help="DATA,TENSOR serving mesh (default: one device)")
+  gen.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1: batch "
+                        "over data, heads over tensor (default: one device)")
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.set_defaults(fn=cmd_generate)
 
@@ -296,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Train from a TOML run config (configs/*.toml). Extra "
                       "arguments section.key=value override it, e.g. train.max_steps=10 "
                       "checkpoint.every_steps=5 train.peak_lr=2e-5.")
-  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml")
+  tr.add_argument("--config", required=True, help="TOML run config, e.g. configs/tiny.toml (required)")
   tr.add_argument("--out", required=True,
                   help="run directory: checkpoints/, metrics.jsonl, tb/ (resumed if it holds "
-                       "a run)")
+                       "a run; required)")
   tr.add_argument("overrides", nargs="*", metavar="section.key=value",
                   help="config overrides (default: none)")
   tr.add_argument("--coordinator", default=None,
@@ -310,6 +321,29 @@ def build_parser() -> argparse.ArgumentParser:
   tr.add_argument("--process-id", type=non_negative_int, default=None,
                   help="multi-process: this process's index (default: none)")
   tr.set_defaults(fn=cmd_train)
+
+  pl = sub.add_parser(
+      "plan", help="compile the train step for a TPU slice ahead of time: does it fit?",
+      description="Compiles the run's real train step ahead of time for a Cloud TPU slice "
+      "(libtpu, the tpu extra; no TPU needed) or for N CPU devices, on abstract arguments "
+      "(nothing is allocated), and prints per-chip memory against HBM, FLOPs per step, the "
+      "mesh and whether it fits. Extra arguments section.key=value override the config.")
+  pl.add_argument("--config", required=True,
+                  help="TOML run config, e.g. configs/z1-qwen2.5-coder-7b.toml (required)")
+  target = pl.add_mutually_exclusive_group(required=True)
+  target.add_argument("--accelerator", type=accelerator_name, default=None,
+                      help="Cloud TPU slice: v5p-8..., v5litepod-16 (v5e-16), v4-32, v6e-8 "
+                           "(default: none; this or --devices is required)")
+  target.add_argument("--devices", type=positive_int, default=None,
+                      help="plan on this many host CPU devices instead, no libtpu needed "
+                           "(default: none; this or --accelerator is required)")
+  pl.add_argument("--mesh", type=mesh_spec, default=None,
+                  help="data=A,fsdp=B,tensor=C (one may be -1; default: the config's [mesh] "
+                       "over the target's devices)")
+  pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+  pl.add_argument("overrides", nargs="*", metavar="section.key=value",
+                  help="config overrides (default: none)")
+  pl.set_defaults(fn=cmd_plan)
 
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, type=choice_of(_benchmarks, "benchmark"),
@@ -341,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
       "tpu", help="plan, create or reuse the TPU VM, ship the code at a pinned commit, install "
       "it (tpu extra) and run `z1 train` on all workers; stream worker 0's log")
   l_tpu.add_argument("--accelerator", required=True,
-                     help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ...")
-  l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship")
+                     help="Cloud TPU type: v4-32, v5e-16 (= v5litepod-16), v5p-64, v6e-8, ... (required)")
+  l_tpu.add_argument("--config", required=True, help="training config file (TOML) to ship (required)")
   l_tpu.add_argument("--out", required=True,
                      help="run directory for `z1 train --out` on the workers: gs://bucket/path "
                           "(required on multi-host slices) or an absolute path")
@@ -379,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
       "stop", help="send SIGINT to z1 train on every worker (keeps the VM)")
   l_delete = launch_sub.add_parser("delete", help="delete the TPU VM (or its queued resource)")
   for c in (l_tpu, l_status, l_logs, l_stop, l_delete):
-    c.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
-    c.add_argument("--zone", required=True, help="Cloud zone, e.g. us-east5-a")
+    c.add_argument("--name", required=True, help="TPU VM (and queued resource) name (required)")
+    c.add_argument("--zone", required=True, help="Cloud zone, e.g. us-east5-a (required)")
     c.add_argument("--project", default=None, help="GCP project (default: gcloud's own)")
     c.add_argument("--dry-run", action="store_true",
                    help="print every gcloud command instead of running it")

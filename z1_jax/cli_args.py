@@ -109,6 +109,16 @@ def mesh_spec(text: str) -> dict[str, int]:
   return shape
 
 
+def accelerator_name(text: str) -> str:
+  """A Cloud TPU slice name (`v5p-64`, `v5litepod-16`, `v4-32`, `v6e-8`), canonical spelling."""
+  from z1_jax.errors import Z1Error
+  from z1_jax.topology import accelerator
+  try:
+    return accelerator(text).name
+  except Z1Error as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def byte_size(text: str) -> int:
   """`5GB`, `500MB`, `64KB` or a number of bytes -> bytes (> 0)."""
   import re

@@ -39,17 +39,16 @@ class Generation:
   chip_config: str  # "megacore" (one device per chip, both cores) or "default"
   cores_per_chip_in_name: int  # v4-8 / v5p-8 count TensorCores (4 chips); v5e/v6e count chips
   hbm_bytes: int  # per chip, as the TPU compiler reports it available (RESOURCE_EXHAUSTED)
-  peak_bf16_flops: float  # per chip, published dense bf16 peak
   dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
 
 
 # HBM: measured here with libtpu 0.0.42.1 (the "available HBM" of a RESOURCE_EXHAUSTED
 # message): v4 30.75G, v5p 95.74G, v5e 15.75G, v6e 31.25G of the nominal 32/95/16/32 GB.
 GENERATIONS = {
-    "v4": Generation("v4", "v4", "megacore", 2, int(30.75 * GiB), 275e12, 3),
-    "v5p": Generation("v5p", "v5", "megacore", 2, int(95.74 * GiB), 459e12, 3),
-    "v5e": Generation("v5e", "v5e", "default", 1, int(15.75 * GiB), 197e12, 2),
-    "v6e": Generation("v6e", "v6e", "default", 1, int(31.25 * GiB), 918e12, 2),
+    "v4": Generation("v4", "v4", "megacore", 2, int(30.75 * GiB), 3),
+    "v5p": Generation("v5p", "v5", "megacore", 2, int(95.74 * GiB), 3),
+    "v5e": Generation("v5e", "v5e", "default", 1, int(15.75 * GiB), 2),
+    "v6e": Generation("v6e", "v6e", "default", 1, int(31.25 * GiB), 2),
 }
 ALIASES = {"v5litepod": "v5e"}
 

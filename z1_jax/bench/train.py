@@ -53,7 +53,7 @@ def _torch_step(model, tokens: np.ndarray, targets: np.ndarray, lr: float):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.detach().item()
 
   def forward():
     with torch.no_grad():

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 
 from z1_jax.errors import Z1Error
+from z1_jax.model.sharding import mesh_from_spec
 from z1_jax.outputs import atomic_path, check_output_dir
 from z1_jax.paths import as_path, is_uri
 
@@ -45,18 +46,6 @@ def is_orbax_export(path: Path) -> bool:
       for e in entries)
 
 
-def make_mesh_arg(shape: dict[str, int] | None):
-  """`--mesh` (parsed by `cli_args.mesh_spec`) -> Mesh, or None for one device."""
-  if shape is None:
-    return None
-  from z1_jax.model.sharding import make_mesh
-  try:
-    return make_mesh(shape["data"], shape["fsdp"], shape["tensor"])
-  except ValueError as e:
-    text = ",".join(str(v) for v in shape.values())
-    raise Z1Error(f"--mesh {text}: {e}") from None
-
-
 def _shared_token() -> str | None:
   """One temporary-name token for every process of a multi-host job (Orbax writes together)."""
   if jax.process_count() == 1:
@@ -78,7 +67,7 @@ def hf_to_orbax(hf: str, out: str, dtype: str | None = None, mesh_shape=None,
                               inputs=[("--hf", local)] if local.exists() else [])
   if local.is_dir() and is_orbax_export(local):
     raise Z1Error(f"--hf {hf} is an Orbax checkpoint; use `z1 convert orbax-to-hf` for it")
-  mesh = make_mesh_arg(mesh_shape)
+  mesh = mesh_from_spec(mesh_shape)
   ckpt = resolve_checkpoint_dir(hf)
   if not local.exists():  # a hub download: check it is not the output either
     check_output_dir(out, "--out", overwrite, is_orbax_export, "Orbax checkpoint",
@@ -93,16 +82,16 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
                 max_shard_size: int | str = "5GB", mesh_shape=None,
                 overwrite: bool = False) -> dict:
   from z1_jax.checkpoint.hf import save_hf
-  from z1_jax.checkpoint.orbax_io import load_params, read_config
+  from z1_jax.checkpoint.orbax_io import load_params, read_config, resolve_checkpoint
   ck = as_path(ckpt)  # a gs:// checkpoint of a pod run is read from Cloud Storage directly
   if ck.exists() and not ck.is_dir():
     raise Z1Error(f"--ckpt {ckpt} is a file; pass the Orbax checkpoint directory")
-  if ck.is_dir() and not any(_is_step(e) for e in ck.iterdir()):  # a run may hold more
-    hint = (": it looks like a HF checkpoint, use `z1 convert hf-to-orbax` for it"
-            if (ck / "config.json").exists() else
-            f": it is step {ck.name} of one, pass {ck.parent} (the latest step is used)"
-            if _is_step(ck) else "")
-    raise Z1Error(f"--ckpt {ckpt} holds no Orbax checkpoint steps{hint}")
+  if ck.is_dir():  # a run directory, a checkpoint root (latest step) or one step directory
+    root, _ = resolve_checkpoint(ck)
+    if not any(_is_step(e) for e in root.iterdir()):
+      hint = (": it looks like a HF checkpoint, use `z1 convert hf-to-orbax` for it"
+              if (ck / "config.json").exists() else "")
+      raise Z1Error(f"--ckpt {ckpt} holds no Orbax checkpoint steps{hint}")
   if tokenizer is not None:
     tok = Path(tokenizer).expanduser()
     if not tok.is_dir() or not any((tok / n).exists() for n in ("tokenizer.json", "vocab.json")):
@@ -111,7 +100,7 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str = "bfloat16", tokenizer: str | N
   out_path = check_output_dir(out, "--out", overwrite, is_hf_export, "HF checkpoint",
                               inputs=[("--ckpt", None if is_uri(ck) else ck),
                                       ("--tokenizer", tokenizer)])
-  mesh = make_mesh_arg(mesh_shape)
+  mesh = mesh_from_spec(mesh_shape)
   read_config(ck)  # fails fast on a checkpoint without a config, before restoring arrays
   model = load_params(ck, mesh=mesh)
   save_hf(model, out_path, dtype=dtype, tokenizer=tokenizer, max_shard_size=max_shard_size,

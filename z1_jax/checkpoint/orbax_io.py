@@ -36,7 +36,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
   `z1 train` run directory (`<run>/checkpoints`), a manager root, or one step directory."""
   p = Path(path).expanduser().absolute()
   if not p.is_dir():
-    raise FileNotFoundError(f"Orbax checkpoint not found: {p}")
+    raise FileNotFoundError(f"Orbax checkpoint directory not found: {p}")
   if (p / "checkpoints").is_dir():
     return p / "checkpoints", None
   if p.name.isdigit() and (p / "params").is_dir():

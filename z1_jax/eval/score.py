@@ -238,12 +238,10 @@ def score_file(benchmark: str, samples_path, out=None, data=None, workers: int |
   """`z1 score`: verdict rows for a samples file (written to `out`), and the summary."""
   from z1_jax.data.sources import write_jsonl
   from z1_jax.eval.benchmarks import ID_FIELD, load_benchmark
-  if out is not None:
-    out = Path(out)
-    if Path(samples_path).exists() and out.resolve() == Path(samples_path).resolve():
-      raise Z1Error(f"--out {out} is the --samples file; choose another path")
-    if out.exists() and not overwrite:
-      raise Z1Error(f"--out {out} exists; pass --overwrite to replace it")
+  if out is not None:  # checked before scoring, so a bad --out never costs the verdicts
+    from z1_jax.outputs import check_output_file
+    out = check_output_file(out, "--out", overwrite,
+                            inputs=[("--samples", samples_path), ("--data", data)])
   if sandbox_python is not None and not os.access(sandbox_python, os.X_OK):
     raise Z1Error(f"--sandbox-python {sandbox_python}: not an executable file")
   if benchmark not in ID_FIELD:

@@ -20,8 +20,9 @@ evaluation.
 Multi-host: every process runs this same loop on the same prompts and the whole mesh decodes
 each batch (one SPMD program; a problem stride per process would need one mesh per host and
 lose the tensor / fsdp sharding a 7B model needs on small chips). Process 0 alone scores, keeps
-the journal and writes the outputs; the set of finished problems is broadcast from process 0,
-so the other processes need not see the output directory.
+the journal and writes the outputs; its verdict on the output directory (accepted or refused)
+and the set of finished problems are broadcast to the others before the model loads, so they
+need not see the output directory and never wait on a process 0 that stopped.
 """
 
 from __future__ import annotations
@@ -247,13 +248,14 @@ def _is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def _broadcast_done(done: list[bool]) -> list[bool]:
+def _from_process_0(flags: list[bool]) -> list[bool]:
+  """Process 0's flags on every process (multi-host); unchanged on one host."""
   import jax
   if jax.process_count() == 1:
-    return done
+    return flags
   import numpy as np
   from jax.experimental import multihost_utils
-  return [bool(x) for x in multihost_utils.broadcast_one_to_all(np.array(done, np.bool_))]
+  return [bool(x) for x in multihost_utils.broadcast_one_to_all(np.array(flags, np.bool_))]
 
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer=None,
@@ -279,23 +281,28 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
     tokenizer = load_tokenizer()
   _check_budgets(cfg, tokenizer)
   scorer = journal = None
-  if writer:  # the sandbox (and a BigCodeBench library check) before anything is written
-    scorer = Scorer(problems, workers=workers, allow_unsandboxed=allow_unsandboxed,
-                    sandbox_python=sandbox_python)
   try:
-    if writer:
-      out = prepare_out(out, cfg)
+    done, refused = [False] * len(units), None
+    if writer:  # process 0 checks the sandbox and the output directory, reads the journal
+      try:
+        scorer = Scorer(problems, workers=workers, allow_unsandboxed=allow_unsandboxed,
+                        sandbox_python=sandbox_python)
+        out = prepare_out(out, cfg)
+        journal = Journal(Path(out) / JOURNAL_FILE)
+        done = [all((u.problem.benchmark, u.problem.id, u.sample, b) in journal.rows
+                    for b in cfg.budgets) for u in units]
+      except Exception as e:  # noqa: BLE001 - the other processes must hear of it too
+        refused = e
+    ok, *done = _from_process_0([refused is None] + done)
+    if refused is not None:
+      raise refused
+    if not ok:
+      raise Z1Error("process 0 refused this sweep (its log says why)")
     if model is None:
       model = load_model()
     if decode is None:
       import z1_jax
       decode = z1_jax.sweep
-    done = [False] * len(units)
-    if writer:
-      journal = Journal(Path(out) / JOURNAL_FILE)
-      done = [all((u.problem.benchmark, u.problem.id, u.sample, b) in journal.rows
-                  for b in cfg.budgets) for u in units]
-    done = _broadcast_done(done)
     pending = [u for u, d in zip(units, done) if not d]
     chunk = batch_size or 64
     futures: list[tuple[dict, cf.Future]] = []
@@ -379,17 +386,9 @@ def run_from_args(args, mesh=None) -> dict:
     raise Z1Error(f"--sandbox-python {args.sandbox_python}: not an executable file")
 
   def load_model():
+    from z1_jax.infer.load import load_for_decoding
     mesh_ = mesh() if callable(mesh) else mesh
-    rules = None
-    if mesh_ is not None:  # decode layout (z1 generate's); with fsdp > 1 the training table
-      from z1_jax.model.sharding import DEFAULT_RULES, SERVING_RULES, LogicalRules
-      rules = LogicalRules(mesh_, SERVING_RULES if mesh_.shape["fsdp"] == 1 else DEFAULT_RULES)
-    if source[0] == "hf":
-      from z1_jax.checkpoint.hf import load_hf
-      return load_hf(source[1], dtype=args.dtype, rules=rules)
-    from z1_jax.checkpoint.orbax_io import load_params
-    overrides = {} if args.dtype is None else {"dtype": args.dtype}
-    return load_params(source[1], rules=rules, **overrides)
+    return load_for_decoding(args.hf, args.ckpt, mesh_, args.dtype)
 
   tokenizer = None
   if args.tokenizer or (source[0] == "hf" and (Path(source[1]) / "tokenizer.json").exists()):

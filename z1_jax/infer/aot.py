@@ -17,7 +17,7 @@ from z1_jax.infer import loop
 from z1_jax.infer.sampling import Sampling
 from z1_jax.model.config import Qwen2Config
 from z1_jax.model.qwen2 import abstract_model, state_shardings
-from z1_jax.model.sharding import SERVING_RULES, LogicalRules
+from z1_jax.model.sharding import serving_rules
 
 
 def compile_decode(cfg: Qwen2Config, mesh: jax.sharding.Mesh, batch: int, prompt_width: int,
@@ -27,7 +27,7 @@ def compile_decode(cfg: Qwen2Config, mesh: jax.sharding.Mesh, batch: int, prompt
 
   Returns, per program: compile seconds and the compiler's memory figures (bytes per device).
   """
-  rules = LogicalRules(mesh, SERVING_RULES)
+  rules = serving_rules(mesh, cfg.num_heads)
   graphdef, abstract = nnx.split(abstract_model(cfg, rules))
   shardings = state_shardings(abstract, rules)
   params = jax.tree.map(

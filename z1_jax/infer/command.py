@@ -42,23 +42,10 @@ def _has_tokenizer(path: Path) -> bool:
   return path.is_dir() and any((path / f).exists() for f in _TOKENIZER_FILES)
 
 
-def _mesh_rules(text: str | None):
-  """`--mesh DATA,TENSOR` -> serving rules on that mesh, or None for one device."""
-  if text is None:
-    return None
-  from z1_jax.model.sharding import SERVING_RULES, LogicalRules, make_mesh
-  try:
-    data, tensor = (int(x) for x in text.split(","))
-    mesh = make_mesh(data, 1, tensor)
-  except ValueError as e:
-    raise Z1Error(f"--mesh {text!r}: expected DATA,TENSOR that multiply to the device count "
-                  f"({e})") from None
-  return LogicalRules(mesh, SERVING_RULES)
-
-
 def run_generate(args) -> int:
   _check_flags(args)
-  rules = _mesh_rules(args.mesh)
+  from z1_jax.model.sharding import mesh_from_spec
+  mesh = mesh_from_spec(args.mesh)
   from z1_jax.infer.generate import generate, resolve_tokenizer
   source = Path(args.hf or args.ckpt).expanduser()
   tokenizer = resolve_tokenizer(args.tokenizer or (source if _has_tokenizer(source) else None))
@@ -66,13 +53,8 @@ def run_generate(args) -> int:
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p in args.prompt]
   else:
     prompts = args.prompt_ids
-  if args.hf:
-    from z1_jax.checkpoint.hf import load_hf
-    model = load_hf(args.hf, dtype=args.dtype, rules=rules)
-  else:
-    from z1_jax.checkpoint.orbax_io import load_params
-    overrides = {} if args.dtype is None else {"dtype": args.dtype}  # compute dtype
-    model = load_params(args.ckpt, rules=rules, **overrides)
+  from z1_jax.infer.load import load_for_decoding
+  model = load_for_decoding(args.hf, args.ckpt, mesh, args.dtype)
   budget = {} if args.thinking_budget is None else dict(
       thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
       placement=args.placement, trigger=args.trigger, trigger_ids=args.trigger_ids)

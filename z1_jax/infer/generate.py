@@ -22,8 +22,8 @@ from z1_jax.infer import budget as budget_lib
 from z1_jax.infer import loop
 from z1_jax.infer.decode import left_pad
 from z1_jax.infer.sampling import Sampling
+from z1_jax.model import attention
 from z1_jax.model.qwen2 import Qwen2
-from z1_jax.model.unstack import unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _ids(name: str, ids: Sequence[int], vocab: int) -> tuple[int, ...]:
   return ids
 
 
-def _check_prompts(prompts, vocab: int, max_positions: int, stop: int) -> list[list[int]]:
+def _check_prompts(prompts, vocab: int, max_positions: int) -> list[list[int]]:
   if isinstance(prompts, (str, bytes)) or not len(prompts):
     raise Z1Error("prompts: expected a non-empty list of token-id lists (tokenize text first)")
   out = []
@@ -96,9 +96,9 @@ def _check_prompts(prompts, vocab: int, max_positions: int, stop: int) -> list[l
     if not ids:
       raise Z1Error(f"prompt {i} is empty: a prompt needs at least one token")
     _ids(f"prompt {i}", ids, vocab)
-    if len(ids) + stop > max_positions:
-      raise Z1Error(f"prompt {i}: {len(ids)} tokens + up to {stop} generated exceed the "
-                    f"model's maximum of {max_positions} positions")
+    if len(ids) > max_positions:  # generating past it is allowed, as in HF (RoPE goes on)
+      raise Z1Error(f"prompt {i}: {len(ids)} tokens are longer than the model's maximum of "
+                    f"{max_positions} positions")
     out.append(ids)
   return out
 
@@ -112,14 +112,14 @@ def _batch_multiple(model: Qwen2) -> int:
   return math.prod(rules.mesh.shape[a] for a in axes)
 
 
-def _setup(model: Qwen2, prompts, stop: int, *, mode: str, marker, eos_ids, temperature,
+def _setup(model: Qwen2, prompts, *, mode: str, marker, eos_ids, temperature,
            top_k, top_p, seed, tokenizer, batch_size, row_ids, min_thinking,
            wait_ids) -> _Setup:
   if not isinstance(model, Qwen2):
     raise Z1Error(f"model: expected a z1_jax Qwen2 model, got {type(model).__name__}")
   cfg = model.cfg
   sampling = Sampling(float(temperature), top_k, top_p)
-  prompts = _check_prompts(prompts, cfg.vocab_size, cfg.max_position_embeddings, stop)
+  prompts = _check_prompts(prompts, cfg.vocab_size, cfg.max_position_embeddings)
   if eos_ids is None:  # defaults a tiny test vocabulary cannot emit are left out
     eos = tuple(i for i in budget_lib.default_eos_ids(tokenizer) if i < cfg.vocab_size)
   else:
@@ -143,12 +143,27 @@ def _setup(model: Qwen2, prompts, stop: int, *, mode: str, marker, eos_ids, temp
     raise Z1Error(f"batch_size={batch_size}: expected an integer >= 1")
   multiple = _batch_multiple(model)
   batch = -(-batch_size // multiple) * multiple
-  if cfg.scan_layers:  # scan would carry the whole cache through xs/ys: a copy per token
-    model = unstack_layers(model)
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(unrolled(model))
   spec = loop.LoopSpec(sampling, eos, marker, wait, mode == "s1")
   return _Setup(graphdef, params, spec, prompts, [int(r) for r in row_ids], batch, tokenizer,
                 int(seed), int(min_thinking))
+
+
+def unrolled(model: Qwen2) -> Qwen2:
+  """The model with unrolled layers (itself when it has them). Decoding a scanned-layer model
+  would carry the whole KV cache through `lax.scan`'s xs/ys: a copy of it per token."""
+  if not model.cfg.scan_layers:
+    return model
+  from z1_jax.checkpoint.orbax_io import unstack_layers
+  from z1_jax.model.qwen2 import abstract_model, state_shardings
+  cfg = model.cfg.replace(scan_layers=False)
+  graphdef, abstract = nnx.split(abstract_model(cfg, model.rules))
+  shardings = None if model.rules is None else nnx.to_pure_dict(
+      state_shardings(abstract, model.rules))
+  params = jax.jit(lambda p: unstack_layers(p, cfg.num_layers), out_shardings=shardings)(
+      nnx.to_pure_dict(nnx.state(model)))
+  nnx.replace_by_pure_dict(abstract, params)
+  return nnx.merge(graphdef, abstract)
 
 
 def _chunks(setup: _Setup):
@@ -168,6 +183,11 @@ def _chunks(setup: _Setup):
 def _start(setup: _Setup, arrays, ctl, max_stop: int) -> loop.DecodeState:
   width = bucket(max_stop)
   cache_len = arrays[0].shape[1] + width
+  if cache_len > attention.DENSE_UP_TO:
+    # `auto` attention goes blockwise past DENSE_UP_TO keys and pads the keys to whole
+    # blocks: a copy of the cache every token, unless it already is whole blocks
+    cache_len = -(-cache_len // attention.BLOCK) * attention.BLOCK
+  loop.check_writes(arrays[0].shape[1], max_stop, cache_len, width)  # every later stop <= it
   return loop.start(setup.graphdef, setup.params, *arrays, ctl, spec=setup.spec,
                     cache_len=cache_len, width=width)
 
@@ -217,10 +237,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], *,
   `row_ids` default to the prompts' indices. `tokenizer` (object or path) decodes `text`.
   """
   tokenizer = resolve_tokenizer(tokenizer)
-  budget, marker = _budget(model, mode, thinking_budget, answer_tokens, placement, trigger,
+  budget, marker = _budget(mode, thinking_budget, answer_tokens, placement, trigger,
                            trigger_ids, tokenizer, max_new_tokens)
   stop = budget.stop if budget else max_new_tokens
-  setup = _setup(model, prompts, stop, mode=mode, marker=marker, eos_ids=eos_ids,
+  setup = _setup(model, prompts, mode=mode, marker=marker, eos_ids=eos_ids,
                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                  tokenizer=tokenizer, batch_size=batch_size, row_ids=row_ids,
                  min_thinking=min_thinking, wait_ids=wait_ids)
@@ -253,11 +273,11 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   if isinstance(budgets, int) or not len(budgets):
     raise Z1Error("budgets: expected a non-empty list of thinking budgets")
   budgets = sorted({int(b) for b in budgets})
-  plans = [_budget(model, mode, b, answer_tokens, placement, trigger, trigger_ids, tokenizer,
+  plans = [_budget(mode, b, answer_tokens, placement, trigger, trigger_ids, tokenizer,
                    None)[0] for b in budgets]
   marker = plans[0].marker_ids
   stop = plans[-1].stop
-  setup = _setup(model, prompts, stop, mode=mode, marker=marker, eos_ids=eos_ids,
+  setup = _setup(model, prompts, mode=mode, marker=marker, eos_ids=eos_ids,
                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                  tokenizer=tokenizer, batch_size=batch_size, row_ids=row_ids,
                  min_thinking=min_thinking, wait_ids=wait_ids)
@@ -279,18 +299,18 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   return results
 
 
-def _budget(model, mode, thinking_budget, answer_tokens, placement, trigger, trigger_ids,
+def _budget(mode, thinking_budget, answer_tokens, placement, trigger, trigger_ids,
             tokenizer, max_new_tokens):
   """(Budget or None, marker ids); checks the combination of arguments."""
   if mode not in budget_lib.MODES:
     raise Z1Error(f"mode={mode!r}: expected one of {budget_lib.MODES}")
-  if placement is None:
-    placement = "replace" if mode == "z1" else "append"
   if thinking_budget is None:
     if mode == "s1":
       raise Z1Error("mode='s1' needs a thinking_budget")
     if answer_tokens is not None or trigger is not None or trigger_ids is not None:
       raise Z1Error("answer_tokens / trigger apply with a thinking_budget only")
+    if placement is not None:
+      raise Z1Error("placement applies with a thinking_budget only")
     if max_new_tokens is None or max_new_tokens < 1:
       raise Z1Error(f"max_new_tokens={max_new_tokens}: expected an integer >= 1 "
                     "(or pass thinking_budget and answer_tokens)")
@@ -299,6 +319,8 @@ def _budget(model, mode, thinking_budget, answer_tokens, placement, trigger, tri
     raise Z1Error("pass max_new_tokens or thinking_budget with answer_tokens, not both")
   if answer_tokens is None:
     raise Z1Error("thinking_budget needs answer_tokens (the answer's length limit)")
+  if placement is None:
+    placement = "replace" if mode == "z1" else "append"
   marker = budget_lib.marker_ids(mode, trigger, trigger_ids, tokenizer)
   plan = budget_lib.Budget(int(thinking_budget), int(answer_tokens), marker, placement)
   return plan, marker

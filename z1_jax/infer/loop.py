@@ -145,6 +145,16 @@ def run(graphdef, params, state: DecodeState, ctl: Controls, *, spec: LoopSpec) 
   return jax.lax.while_loop(lambda s: (s.step < ctl.stop) & ~jnp.all(s.done), body, state)
 
 
+def check_writes(prompt_width: int, stop: int, cache_len: int, width: int) -> None:
+  """Host-side bound check before launching: token t < stop goes to buffer column t and its
+  KV to cache slot prompt_width + t (the last token is never fed). `dynamic_update_slice`
+  would clamp an index past the end and silently overwrite the last slots, so this must hold.
+  """
+  if stop > width or prompt_width + stop - 1 > cache_len:
+    raise ValueError(f"decode of {stop} tokens after a prompt width of {prompt_width} does not "
+                     f"fit the token buffer ({width}) and KV cache ({cache_len} slots)")
+
+
 def fork(state: DecodeState) -> DecodeState:
   """A copy that the next `run` may consume while `state` lives on (the sweep's branch)."""
   return jax.tree.map(jnp.copy, state)

@@ -38,21 +38,25 @@ BLOCK = 512  # blockwise and splash tile (clipped to the sequence); 512 suits TP
 DENSE_UP_TO = 2048  # `auto` on CPU: dense scores up to this many keys, blockwise beyond
 
 
-def resolve_impl(impl: str, platform: str, self_attention: bool, seq_len: int) -> str:
+def resolve_impl(impl: str, platform: str, self_attention: bool, q_len: int,
+                 kv_len: int) -> str:
   """`auto` -> the best implementation the platform has for this call; others as given.
 
-  TPU: splash; GPU: cuDNN; CPU: dense up to `DENSE_UP_TO` keys, blockwise beyond. Splash and
-  cuDNN handle self-attention of packed rows; attention to a KV cache uses dense (one query per
-  step, where dense is the fast path) unless `blockwise` is asked for.
+  Self-attention of packed rows: splash on TPU, cuDNN on GPU, and on CPU dense up to
+  `DENSE_UP_TO` tokens, blockwise beyond. Attention to a KV cache: dense while the scores are
+  no bigger than a `DENSE_UP_TO`-token row's (a decode step's one query over any cache),
+  blockwise beyond; splash and cuDNN handle self-attention only, so asked for there they also
+  leave the cache path to dense.
   """
   if impl not in ATTENTION_IMPLS:
     raise Z1Error(f"attention_impl={impl!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+  small = q_len * kv_len <= DENSE_UP_TO**2
   if impl == "auto":
-    if self_attention and platform == "tpu" and seq_len % 128 == 0:
+    if self_attention and platform == "tpu" and q_len % 128 == 0:
       return "splash"
     if self_attention and platform in ("gpu", "cuda"):
       return "cudnn"
-    return "dense" if seq_len <= DENSE_UP_TO else "blockwise"
+    return "dense" if small else "blockwise"
   if impl in ("splash", "cudnn") and not self_attention:
     return "dense"
   return impl
@@ -227,6 +231,9 @@ def splash_attention(q, k, v, segment_ids, mesh=None, rules=None, interpret: boo
     if q_spec[1] is not None or k_spec[2] is not None:
       raise Z1Error("splash attention cannot split the sequence over the mesh: set the 'seq' "
                     "rule to no mesh axes")
+    # The kernel works on whole heads: a layout that splits head_dim (the serving rules when the
+    # query heads do not divide over `tensor`) is gathered to whole heads for this call.
+    q_spec, k_spec = P(*q_spec[:3], None), P(*k_spec[:3], None)
   head_axis = q_spec[2] if len(q_spec) > 2 else None
   kv_split = len(k_spec) > 1 and k_spec[1] is not None
 

@@ -106,7 +106,7 @@ def attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks: bool = False,
   """
   mesh = None if rules is None else rules.mesh
   platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-  impl = attention.resolve_impl(impl, platform, causal_blocks, k.shape[2])
+  impl = attention.resolve_impl(impl, platform, causal_blocks, q.shape[1], k.shape[2])
   if impl == "blockwise":
     return attention.blockwise_attention(q, k, v, q_seg, q_pos, kv_seg, kv_pos, causal_blocks)
   if impl == "splash":
@@ -200,9 +200,15 @@ class Attention(nnx.Module):
       out = attend(q, k_cache.astype(dt), v_cache.astype(dt), segment_ids, positions, kv_seg,
                    kv_pos, impl=self.attention_impl, rules=rules)
     out = checkpoint_name(out, "attn_out")
-    # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) directly makes XLA copy it.
-    o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
-    return checkpoint_name(out.reshape(*out.shape[:2], -1) @ o_proj, "attn_proj"), new_kv
+    if rules is not None and rules.spec(("head_dim",))[0] is not None:
+      # head_dim split over the mesh (serving rules, heads not dividing `tensor`): merging
+      # (H, D) would gather the weight, so contract both axes and sum over the shards.
+      proj = jnp.einsum("blhd,hde->ble", out, self.o_proj[...].astype(dt))
+    else:
+      # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) makes XLA:CPU copy it.
+      o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
+      proj = out.reshape(*out.shape[:2], -1) @ o_proj
+    return checkpoint_name(proj, "attn_proj"), new_kv
 
 
 class MLP(nnx.Module):

@@ -52,6 +52,23 @@ SERVING_RULES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     (name, ("data",) if name == "batch" else () if name == "embed" else axes)
     for name, axes in DEFAULT_RULES)
 
+_HEAD_AXES = ("q_heads", "kv_heads", "act_heads", "act_kv_heads")
+
+
+def serving_rules(mesh: Mesh, num_heads: int) -> "LogicalRules":
+  """The serving table on `mesh` for a model with `num_heads` query heads.
+
+  When the query heads do not divide over `tensor` (the 28 heads of 7B on tensor=8), attention
+  is split over `head_dim` instead of heads: every shard holds all heads' slice of D (weights,
+  queries and the KV cache), and scores and the o-projection are summed over `tensor`. An
+  explicit layout choice that keeps the work split, instead of an error or a replication.
+  """
+  rules = SERVING_RULES
+  if num_heads % mesh.shape["tensor"]:
+    rules = tuple((name, () if name in _HEAD_AXES else ("tensor",) if name == "head_dim"
+                   else axes) for name, axes in SERVING_RULES)
+  return LogicalRules(mesh, rules)
+
 
 # Logical axes replicated (not refused) when their size does not divide over their mesh axes.
 REPLICATE_IF_UNEVEN = frozenset({"kv_heads", "act_kv_heads"})
@@ -140,3 +157,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     devices = np.asarray(devices).reshape(shape)
   return Mesh(devices, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
+
+def mesh_from_spec(shape: dict[str, int] | None, flag: str = "--mesh") -> Mesh | None:
+  """A `--mesh` value (`cli_args.mesh_spec`: {"data", "fsdp", "tensor"}) -> Mesh, or None for
+  one device; a shape that does not fit the devices is a `Z1Error` naming the flag."""
+  if shape is None:
+    return None
+  try:
+    return make_mesh(shape["data"], shape["fsdp"], shape["tensor"])
+  except ValueError as e:
+    text = ",".join(str(v) for v in shape.values())
+    raise Z1Error(f"{flag} {text}: {e}") from None

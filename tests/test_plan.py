@@ -1,0 +1,86 @@
+"""`z1 plan`: the trainer's real step compiled ahead of time for a TPU slice (splash attention
+included) and for N CPU devices; out-of-memory as an answer; bad invocations refused."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from z1_jax.cli import main
+from z1_jax.config import load_config
+from z1_jax.train.plan import plan_train, required_from_message, suggest_meshes
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/tiny.toml")
+RECIPE = str(ROOT / "configs/z1-qwen2.5-coder-7b.toml")
+
+
+def test_tiny_run_compiles_for_a_tpu_slice_with_splash():
+  """The TPU code path on every CI run: libtpu compiles the tiny step (splash attention under
+  shard_map, chunked loss, AdamW) for a v5p-8 topology on this CPU host."""
+  cfg = load_config(TINY, ["model.attention_impl=splash", "model.remat_policy=save_qkv_attn"])
+  plan = plan_train(cfg, "v5p-8", {"data": 2, "fsdp": 2})
+  assert plan.fits and plan.device_kind == "TPU v5" and plan.chips == 4
+  assert plan.mesh == {"data": 2, "fsdp": 2, "tensor": 1}
+  assert 0 < plan.arguments_bytes < plan.total_bytes < plan.hbm_bytes
+  assert plan.total_bytes == (plan.arguments_bytes + plan.outputs_bytes - plan.alias_bytes +
+                              plan.temp_bytes)
+  assert plan.attention_impl == "splash" and plan.rows_per_chip == 1
+  assert {"data": 1, "fsdp": 4, "tensor": 1} in plan.other_meshes
+  assert plan.flops_per_step > 6 * 4 * 128 * 1e6  # 6 N per token, N ~ 10M (vocab head)
+
+
+def test_7b_on_a_small_slice_does_not_fit_and_says_how_much_it_needs():
+  cfg = load_config(RECIPE, ["train.grad_accum=32"])
+  plan = plan_train(cfg, "v5e-4")
+  assert not plan.fits and "RESOURCE_EXHAUSTED" in plan.error
+  assert plan.required_bytes > plan.hbm_bytes > 15 * 2**30
+  assert plan.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
+
+
+def test_out_of_memory_messages_parse():
+  assert required_from_message(
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (300.00G) exceeds available HBM (95.74G).") == (300 * 2**30,
+                                                                  int(95.74 * 2**30))
+  assert required_from_message("Used 20.5G of 15.75G hbm. Exceeded hbm capacity by 4.75G.") == (
+      int(20.5 * 2**30), int(15.75 * 2**30))
+  assert required_from_message("RESOURCE_EXHAUSTED: something else") == (None, None)
+
+
+def test_suggested_meshes_divide_the_7b_model():
+  from z1_jax.model.config import get_preset
+  meshes = suggest_meshes(get_preset("qwen2.5-coder-7b"), micro_batch=16, chips=32, limit=10)
+  # 16 rows cannot split 32 ways: the least tensor that works is 2, with the most fsdp
+  assert meshes[0] == {"data": 1, "fsdp": 16, "tensor": 2}
+  assert all(m["tensor"] in (2, 4) for m in meshes)  # 28 heads, 4 KV heads: never 7 or 8
+  assert suggest_meshes(get_preset("qwen2.5-coder-7b"), 32, 32)[0] == {"data": 1, "fsdp": 32,
+                                                                       "tensor": 1}
+
+
+def test_cli_plans_on_cpu_devices_as_json(capsys):
+  assert main(["plan", "--config", TINY, "--devices", "4", "--json",
+               "train.max_steps=1"]) == 0
+  plan = json.loads(capsys.readouterr().out)
+  assert plan["fits"] and plan["chips"] == 4 and plan["target"] == "4 cpu devices"
+  assert plan["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}  # tiny.toml's [mesh]: data=-1
+  assert plan["temp_bytes"] > 0 and plan["ideal_step_s"] > 0
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--accelerator", "v5p-7"], "unknown accelerator 'v5p-7'"),
+    (["--accelerator", "v5p-8", "--devices", "4"], "not allowed with argument"),
+    (["--devices", "0"], "--devices"),
+    (["--devices", "4", "--mesh", "data=3"], "mesh data=3,fsdp=1,tensor=1 has 3 devices; the "
+     "target has 4; meshes that divide: data=1,fsdp=4,tensor=1"),
+    (["--devices", "8", "--mesh", "tensor=8"],
+     "parameter layers.0.attn.o_proj of shape (4, 16, 64): dimension 0 ('q_heads', size 4)"),
+    (["--devices", "4", "model.remat_policy=sometimes"], "model.remat_policy"),
+])
+def test_bad_invocations_exit_2_naming_the_culprit(argv, culprit, capsys):
+  try:
+    rc = main(["plan", "--config", TINY, *argv])
+  except SystemExit as e:  # argparse refuses before any work
+    rc = e.code
+  err = capsys.readouterr().err
+  assert rc == 2 and culprit in err and "Traceback" not in err
