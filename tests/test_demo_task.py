@@ -30,6 +30,7 @@ def test_rows_schema_kinds_and_answers():
     ops = [int(s[3:]) * (1 if s[1] == "+" else -1) for s in r["question"].split(";")[1:-1]]
     start = int(r["question"].split(";")[0][2:])
     assert len(ops) == r["steps"] and task.min_steps <= r["steps"] <= task.max_steps
+    assert all(1 <= abs(k) <= task.max_k for k in ops)
     assert r["answer"] == run_program(r["question"]) == (start + sum(ops)) % 10
     trace = trace_text(start, ops)
     assert extract_answer(r["response"]) == r["answer"]

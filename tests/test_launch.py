@@ -193,7 +193,7 @@ class _Plan:
   def __init__(self, fits):
     self.fits = fits
 
-  def __str__(self):
+  def summary(self):
     return f"fits={self.fits} (stand-in plan)"
 
 

@@ -11,7 +11,9 @@ statement and a trace step are both 4 tokens, so step i of the trace reads state
 fixed distance in every example: a relative-position lookup, which a tiny model learns in a few
 hundred steps. Without the padding the distance depends on the program's length and the model
 must count statements: a 0.84M-parameter model trained that way (with and without one variable
-per statement) learned the format but stayed at chance after 600 steps on this CPU.
+per statement) learned the format but stayed at chance after 600 steps on this CPU. With the
+padding it learned to copy every statement within 1200 steps (peak lr 1e-2), but not the
+modular arithmetic of the value tokens (see the README's demo figures).
 Three kinds of rows, the way Z1 mixes short and long reasoning:
   direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
   trace   the whole trace, then the answer line: `3+7=0-2=8+5=3\\nanswer: 3`
@@ -51,10 +53,13 @@ class ChainTask:
   max_steps: int = 8
   direct_max_steps: int = 2  # programs this short are answered without a trace
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
+  max_k: int = 9  # statements +1..+max_k and -1..-max_k
 
   def __post_init__(self):
     if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps:
       raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps")
+    if not 1 <= self.max_k < MODULUS:
+      raise ValueError(f"max_k={self.max_k}: expected 1..{MODULUS - 1}")
     hard = self.hard_fraction
     if not 0 <= self.cut_fraction <= hard:
       raise ValueError(f"cut_fraction={self.cut_fraction}: must lie in [0, {hard:.3f}], the "
@@ -103,7 +108,8 @@ def extract_answer(text: str) -> int | None:
 def make_row(rng: np.random.Generator, task: ChainTask) -> dict:
   steps = int(rng.integers(task.min_steps, task.max_steps + 1))
   start = int(rng.integers(0, MODULUS))
-  ops = [int(k) * (1 if rng.random() < 0.5 else -1) for k in rng.integers(1, MODULUS, steps)]
+  ops = [int(k) * (1 if rng.random() < 0.5 else -1)
+         for k in rng.integers(1, task.max_k + 1, steps)]
   question = program_text(start, ops, task.max_steps)
   answer = run_program(question)
   if steps <= task.direct_max_steps:

@@ -184,7 +184,8 @@ def plan_gate(config: str, overrides: list[str], accelerator: str, skip: bool, n
                       f"({e}); pass --skip-plan to launch without it") from None
   cfg = load_config(config, overrides)
   plan = plan_train(cfg, accelerator)
-  note(f"memory plan for {accelerator}: {plan}")
+  for line in f"memory plan for {accelerator}: {plan.summary()}".splitlines():
+    note(line)
   if not plan.fits:
     raise LaunchError(f"--config {config} does not fit {accelerator} (see the plan above): "
                       "change the mesh, batch, remat or accelerator, or pass --skip-plan")
