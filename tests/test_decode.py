@@ -215,21 +215,3 @@ def test_host_check_refuses_writes_past_the_cache():
   with pytest.raises(ValueError, match="does not fit"):
     check_writes(prompt_width=16, stop=40, cache_len=48, width=32)
 
-
-def test_one_prompt_decodes_without_copying_the_cache(tiny):
-  """A batch of 1 made XLA:CPU copy every layer's cache each token; one prompt runs as 2 rows."""
-  import re
-  from z1_jax.infer import generate as g
-  from z1_jax.infer import loop
-  _, model, _ = tiny
-  setup = g._setup(model, [[1, 2, 3]], mode="z1", marker=(), eos_ids=EOS, temperature=0,
-                   top_k=None, top_p=None, seed=0, tokenizer=None, batch_size=None,
-                   row_ids=None, min_thinking=0, wait_ids=None)
-  _, arrays = next(g._chunks(setup))
-  ctl = loop.controls(stop=100)
-  state = g._start(setup, arrays, ctl, 100)
-  hlo = loop.run.lower(setup.graphdef, setup.params, state, ctl,
-                       spec=setup.spec).compile().as_text()
-  slots = state.cache.segment_ids.shape[1]
-  assert setup.batch == 2
-  assert not re.search(rf"f32\[\d,2,{slots},8\]\{{[^}}]*\}} copy\(", hlo)
