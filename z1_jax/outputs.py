@@ -223,3 +223,10 @@ def atomic_path(out: str | os.PathLike, token: str | None = None,
   finally:
     if write and tmp.exists():
       _remove(tmp)
+
+
+def write_text_atomic(out: str | os.PathLike, text: str) -> Path:
+  """Writes `text` to `out` through a temporary sibling: readers see the old file or the new."""
+  with atomic_path(out) as tmp:
+    tmp.write_text(text)
+  return Path(out)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable
+
+from z1_jax.outputs import atomic_path, write_text_atomic
 
 Z95 = 1.959963984540054
 PANEL_INCHES, PANEL_HEIGHT_INCHES, DPI = 4.0, 3.6, 100
@@ -145,23 +146,12 @@ def plot(summary: dict, path: str | os.PathLike, reference: list[dict] | None = 
   axes[0][-1].legend(fontsize=6, loc="best")
   fig.tight_layout()
   path = Path(path)
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.png")
   try:
-    fig.savefig(tmp, dpi=DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+      fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
   finally:
     plt.close(fig)
-    tmp.unlink(missing_ok=True)
   return path
-
-
-def _write_text(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def write_report(rows: Iterable[dict], out_dir: str | os.PathLike, *, model: str | None = None,
@@ -174,7 +164,7 @@ def write_report(rows: Iterable[dict], out_dir: str | os.PathLike, *, model: str
   if reference is not None and not isinstance(reference, list):
     reference = read_reference(reference)
   summary = {"benchmarks": summarize(rows), "model": model, "config": config or {}}
-  _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-  _write_text(out / "summary.md", markdown(summary))
+  write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+  write_text_atomic(out / "summary.md", markdown(summary))
   plot(summary, out / "sweep.png", reference)
   return summary

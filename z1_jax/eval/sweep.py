@@ -32,12 +32,12 @@ import dataclasses
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from z1_jax.outputs import write_text_atomic
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT, render_prompt
 from z1_jax.errors import Z1Error
 from z1_jax.eval.benchmarks import ID_FIELD, LOADERS, Problem, load_benchmark
@@ -169,17 +169,8 @@ def prepare_out(out: str | os.PathLike, cfg: SweepConfig) -> Path:
       raise Z1Error(f"--out {out}: not empty and holds no sweep ({CONFIG_FILE} missing); "
                     "choose an empty or new directory")
   out.mkdir(parents=True, exist_ok=True)
-  _write_atomic(out / CONFIG_FILE, json.dumps(wanted, indent=2) + "\n")
+  write_text_atomic(out / CONFIG_FILE, json.dumps(wanted, indent=2) + "\n")
   return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 class Journal:
