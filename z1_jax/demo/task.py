@@ -2,8 +2,8 @@
 them, in the Z1 dataset schema.
 
 A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10:
-  question   x=3;x+=7;x-=2;x+=5;print(x%10)         (real Python; the answer is what it prints)
-  trace      3+7=0-2=8+5=3                           (one `op k = value` per statement, mod 10)
+  question   x=8;x+=3;x-=2;x+=1;print(x%10)         (real Python; the answer is what it prints)
+  trace      8+3=1-2=9+1=0                           (one `op k = value` per statement, mod 10)
 Each step depends only on the previous value and the next statement, and only + and - occur
 (multiplication skews answers towards 0 and tasks that look up several variables' latest values
 stayed near chance in the prototype). Programs end with blank lines up to a fixed length, and a
@@ -11,12 +11,16 @@ statement and a trace step are both 4 tokens, so step i of the trace reads state
 fixed distance in every example: a relative-position lookup, which a tiny model learns in a few
 hundred steps. Without the padding the distance depends on the program's length and the model
 must count statements: a 0.84M-parameter model trained that way (with and without one variable
-per statement) learned the format but stayed at chance after 600 steps on this CPU. With the
-padding it learned to copy every statement within 1200 steps (peak lr 1e-2), but not the
-modular arithmetic of the value tokens (see the README's demo figures).
+per statement) learned the format but stayed at chance after 600 steps on this CPU.
+Statements add or subtract 1..`max_k` with `max_k` = 3 by default: with 1..9 a trace value is
+uniform over 0..9 given either the previous value or the statement alone, so there is no
+first-order signal, and the z1-demo model, which had learned to copy every statement, stayed
+at chance on the values (loss flat at 0.43 from step 300 to 690, when the run was stopped);
+with 1..3 the next value lies near the previous one and it learns the arithmetic from about
+step 300. Answers after several steps stay near uniform (chance level about 12%).
 Three kinds of rows, the way Z1 mixes short and long reasoning:
   direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
-  trace   the whole trace, then the answer line: `3+7=0-2=8+5=3\\nanswer: 3`
+  trace   the whole trace, then the answer line: `8+3=1-2=9+1=0\\nanswer: 0`
   cut     the trace cut at a random point by `ANSWER_TRIGGER`, then the true answer line. A
           model trained from scratch has never seen the trigger (an instruct model has read
           text like it): these rows teach it to answer right after the trigger.
@@ -53,7 +57,7 @@ class ChainTask:
   max_steps: int = 8
   direct_max_steps: int = 2  # programs this short are answered without a trace
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
-  max_k: int = 9  # statements +1..+max_k and -1..-max_k
+  max_k: int = 3  # statements +1..+max_k and -1..-max_k
 
   def __post_init__(self):
     if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps:

@@ -101,7 +101,9 @@ PRESETS["tiny-untied"] = PRESETS["tiny"].replace(tie_word_embeddings=False, num_
 # <|im_start|> 1, <|im_end|> 2).
 PRESETS["z1-demo"] = Qwen2Config(vocab_size=384, hidden_size=128, intermediate_size=384,
                                  num_layers=4, num_heads=4, num_kv_heads=2,
-                                 tie_word_embeddings=True, rope_theta=10_000.0,
+                                 # untied: tied, the digits' shared output gradient pulled
+                                 # their embeddings together and no digit was ever copied
+                                 tie_word_embeddings=False, rope_theta=10_000.0,
                                  max_position_embeddings=512, bos_token_id=0, eos_token_id=2,
                                  pad_token_id=0)
 
