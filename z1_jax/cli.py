@@ -126,6 +126,17 @@ def _presets() -> list[str]:
   return sorted(PRESETS)
 
 
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+  """The scorer's options, shared by `z1 score` and `z1 sweep`."""
+  p.add_argument("--workers", type=positive_int, default=None,
+                 help="samples scored in parallel (default: the number of CPUs)")
+  p.add_argument("--allow-unsandboxed", action="store_true",
+                 help="run model code without bubblewrap (limits only): unsafe")
+  p.add_argument("--sandbox-python", default=None,
+                 help="interpreter that runs the programs (default: the system python3); "
+                      "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   """Every option has a `type=` validator from `cli_args` (bad values are refused before any
   work) and a help text that ends with its default (`Z1HelpFormatter`; a test checks)."""
@@ -316,16 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--data", default=None,
                      help="local benchmark file instead of the packaged copy or the hub "
                           "(default: packaged copy or hub)")
-  score.add_argument("--workers", type=positive_int, default=None,
-                     help="samples scored in parallel (default: the number of CPUs)")
   score.add_argument("--timeout", type=positive_float, default=None,
                      help="seconds per program run (default: the benchmark's own: humaneval 10, "
                           "livecodebench 30, bigcodebench-hard 240, see eval/score.py)")
-  score.add_argument("--allow-unsandboxed", action="store_true",
-                     help="run model code without bubblewrap (limits only): unsafe")
-  score.add_argument("--sandbox-python", default=None,
-                     help="interpreter that runs the programs (default: the system python3); "
-                          "BigCodeBench needs one with its libraries (pandas, matplotlib, ...)")
+  _add_scoring_args(score)
   score.set_defaults(fn=cmd_score)
 
   launch = sub.add_parser("launch", help="train on a Cloud TPU VM slice through gcloud")
@@ -426,12 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
   swp.add_argument("--reference", default=None,
                    help="JSON points to plot beside the run, e.g. "
                         "configs/paper_reference_points.json (default: none)")
-  swp.add_argument("--workers", type=positive_int, default=None,
-                   help="parallel scoring runs (default: CPUs)")
-  swp.add_argument("--allow-unsandboxed", action="store_true",
-                   help="run model code without bubblewrap (limits only): unsafe")
-  swp.add_argument("--sandbox-python", default=None,
-                   help="interpreter that runs programs (default: system python3)")
+  _add_scoring_args(swp)
   swp.add_argument("--no-progress", action="store_true", help="no progress bars")
   swp.add_argument("--out", required=True,
                    help="directory for the outputs; rerun with the same config to resume "
