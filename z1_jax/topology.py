@@ -191,7 +191,6 @@ def topology_mesh(acc: Accelerator | str,
                   axis_names: Sequence[str] = MESH_AXES):
   """A `Mesh` over the compile-only devices of one slice, e.g. `topology_mesh("v5p-64",
   {"data": 2, "fsdp": 16})`; devices are ordered along the torus (`create_device_mesh`)."""
-  import jax
   from jax.experimental import mesh_utils
   from jax.sharding import AxisType, Mesh
   acc = accelerator(acc) if isinstance(acc, str) else acc

@@ -135,7 +135,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   """Runs (or resumes) training into `out_dir`; returns a summary."""
   from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
   out = as_path(out_dir)  # a local directory, or gs:// shared by every host of a pod
-  resuming = _check_out_dir(out, cfg)
+  _check_out_dir(out, cfg)  # refuses a foreign or changed run before anything compiles
   mesh = mesh if mesh is not None else make_run_mesh(cfg)
   check_batch_fits(cfg, mesh)
   main = jax.process_index() == 0
