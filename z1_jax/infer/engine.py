@@ -265,6 +265,113 @@ def _batch_multiple(model: Qwen2) -> int:
   return math.prod(rules.mesh.shape[a] for a in axes)
 
 
+def placement_of(req: Request) -> str:
+  return req.placement or ("replace" if req.mode == "z1" else "append")
+
+
+def _default_ids(kind: str, tokenizer, vocab: int) -> tuple[int, ...]:
+  """Default marker ids; () when no tokenizer can make them or they fall outside the
+  vocabulary (a request that needs them is then refused by `check_request`)."""
+  try:
+    ids = (budget_lib.wait_ids(tokenizer) if kind == "wait" else
+           budget_lib.marker_ids(kind, None, None, tokenizer))
+  except (OSError, ValueError, ImportError):  # no offline tokenizer
+    return ()
+  return ids if all(i < vocab for i in ids) else ()
+
+
+def resolve_markers(vocab: int, tokenizer=None, eos_ids=None, trigger_ids=None,
+                    s1_marker_ids=None, wait_ids=None) -> window.Markers:
+  """End ids and forced sequences: given ones checked against the vocabulary, defaults from
+  `tokenizer` (else the offline Qwen2.5 one) where they fit it."""
+  if eos_ids is None:  # defaults a tiny test vocabulary cannot emit are left out
+    eos = tuple(i for i in budget_lib.default_eos_ids(tokenizer) if i < vocab)
+  else:
+    eos = _ids("eos_ids", eos_ids, vocab)
+  pick = lambda name, ids, kind: (_ids(name, ids, vocab) if ids is not None else
+                                  _default_ids(kind, tokenizer, vocab))
+  return window.Markers(eos, pick("trigger ids", trigger_ids, "z1"),
+                        pick("s1 marker ids", s1_marker_ids, "s1"),
+                        pick("wait_ids", wait_ids, "wait"))
+
+
+def check_request(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Sampling:
+  """`Engine.validate` without an engine (`z1 generate` checks before the model loads)."""
+  try:
+    return _check(req, cfg, markers, max_seq_len)
+  except Z1Error as e:
+    raise Z1Error(f"request {req.id!r}: {e}") from None
+
+
+def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Sampling:
+  if isinstance(req.prompt_ids, (str, bytes)):
+    raise Z1Error("prompt_ids is text: give token ids (tokenize it first)")
+  prompt = list(req.prompt_ids)
+  if not all(_is_int(x) for x in prompt):
+    raise Z1Error("prompt_ids: expected a list of integer token ids")
+  if not prompt:
+    raise Z1Error("prompt_ids is empty: a prompt needs at least one token")
+  _ids("prompt_ids", prompt, cfg.vocab_size)
+  if len(prompt) > cfg.max_position_embeddings:
+    raise Z1Error(f"prompt_ids: {len(prompt)} tokens are longer than the model's maximum of "
+                  f"{cfg.max_position_embeddings} positions")
+  if req.mode not in budget_lib.MODES:
+    raise Z1Error(f"mode={req.mode!r}: expected one of {budget_lib.MODES}")
+  for field in ("thinking_budget", "answer_tokens", "max_new_tokens"):
+    value = getattr(req, field)
+    if value is not None and (not _is_int(value) or value < 1):
+      raise Z1Error(f"{field}={value}: expected an integer >= 1")
+  if req.thinking_budget is None:
+    if req.mode == "s1":
+      raise Z1Error("mode='s1' needs a thinking_budget")
+    if req.answer_tokens is not None or req.placement is not None:
+      raise Z1Error("answer_tokens / placement apply with a thinking_budget only")
+    if req.max_new_tokens is None:
+      raise Z1Error("max_new_tokens is unset: pass it, or thinking_budget with answer_tokens")
+    stop = int(req.max_new_tokens)
+  else:
+    if req.max_new_tokens is not None:
+      raise Z1Error("pass max_new_tokens or thinking_budget with answer_tokens, not both")
+    if req.answer_tokens is None:
+      raise Z1Error("thinking_budget needs answer_tokens (the answer's length limit)")
+    marker = (markers.z1_ids if req.mode == "z1" else markers.s1_ids)
+    if not marker:
+      raise Z1Error(f"no {'trigger' if req.mode == 'z1' else 's1 answer marker'} ids: pass "
+                    "them (trigger_ids, --trigger-ids): no tokenizer makes them for this "
+                    "vocabulary")
+    plan = budget_lib.Budget(int(req.thinking_budget), int(req.answer_tokens), marker,
+                             placement_of(req))  # the trigger-length check
+    stop = plan.stop
+  if req.mode == "s1":
+    if req.min_thinking and not markers.wait_ids:
+      raise Z1Error("min_thinking needs wait ids (wait_ids, --wait-ids): this vocabulary has "
+                    "no default \"Wait\"")
+  elif req.min_thinking:
+    raise Z1Error("min_thinking applies to mode='s1' only")
+  if not _is_int(req.min_thinking) or req.min_thinking < 0:
+    raise Z1Error(f"min_thinking={req.min_thinking}: expected an integer >= 0")
+  if len(prompt) + stop > max_seq_len:
+    raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit the "
+                  f"cache of {max_seq_len} positions (max_seq_len)")
+  for field in ("seed", "row_id"):
+    value = getattr(req, field)
+    if not _is_int(value) or not 0 <= value < 2**31:
+      raise Z1Error(f"{field}={value}: expected an integer in [0, 2**31)")
+  temperature = req.temperature
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    raise Z1Error(f"temperature={temperature!r}: expected a number")
+  if req.top_k is not None and not _is_int(req.top_k):
+    raise Z1Error(f"top_k={req.top_k!r}: expected an integer >= 1")
+  if req.top_p is not None and (isinstance(req.top_p, bool) or
+                                not isinstance(req.top_p, (int, float))):
+    raise Z1Error(f"top_p={req.top_p!r}: expected a number in (0, 1]")
+  return Sampling(float(temperature), req.top_k, req.top_p)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 class Engine:
   """Continuous-batching decoder over `slots` rows of `max_seq_len` positions (see the module
   docstring). `eos_ids` default to `<|im_end|>`/`<|endoftext|>` (those inside the
@@ -287,17 +394,8 @@ class Engine:
     cfg = model.cfg
     self.cfg, self.tokenizer = cfg, tokenizer
     self.slots, self.max_seq_len, self.chunk_steps = int(slots), int(max_seq_len), chunk_steps
-    vocab = cfg.vocab_size
-    if eos_ids is None:  # defaults a tiny test vocabulary cannot emit are left out
-      eos = tuple(i for i in budget_lib.default_eos_ids(tokenizer) if i < vocab)
-    else:
-      eos = _ids("eos_ids", eos_ids, vocab)
-    z1 = _ids("trigger ids", budget_lib.marker_ids("z1", None, trigger_ids, tokenizer)
-              if trigger_ids is not None else self._lazy("z1"), vocab)
-    s1 = _ids("s1 marker ids", s1_marker_ids if s1_marker_ids is not None else
-              self._lazy("s1"), vocab)
-    wait = _ids("wait_ids", wait_ids if wait_ids is not None else self._lazy("wait"), vocab)
-    self.markers = window.Markers(eos, z1, s1, wait)
+    self.markers = resolve_markers(cfg.vocab_size, tokenizer, eos_ids, trigger_ids,
+                                   s1_marker_ids, wait_ids)
     from z1_jax.infer.generate import unrolled
     self.model = unrolled(model)
     self.graphdef, self.params = nnx.split(self.model)
@@ -309,89 +407,16 @@ class Engine:
     self._ids: set = set()
     self._cancel: set = set()
 
-  def _lazy(self, kind: str) -> tuple[int, ...]:
-    """Default marker ids; () when no tokenizer can be had for them (then a request that needs
-    them is refused by `validate`)."""
-    try:
-      if kind == "wait":
-        ids = budget_lib.wait_ids(self.tokenizer)
-      else:
-        ids = budget_lib.marker_ids(kind, None, None, self.tokenizer)
-    except (OSError, ValueError, ImportError):  # no offline tokenizer: the ids stay unset
-      return ()
-    return ids if all(i < self.cfg.vocab_size for i in ids) else ()
-
   # -- requests ---------------------------------------------------------------------------------
   def trigger_ids(self, mode: str = "z1") -> tuple[int, ...]:
     return self.markers.z1_ids if mode == "z1" else self.markers.s1_ids
 
   def validate(self, req: Request) -> Sampling:
     """Checks `req`; raises `Z1Error` naming the request and the field. Returns its sampling."""
-    name = f"request {req.id!r}"
-    try:
-      return self._validate(req)
-    except Z1Error as e:
-      raise Z1Error(f"{name}: {e}") from None
-
-  def _validate(self, req: Request) -> Sampling:
-    cfg = self.cfg
-    if isinstance(req.prompt_ids, (str, bytes)):
-      raise Z1Error("prompt_ids is text: give token ids (tokenize it first)")
-    prompt = [int(x) for x in req.prompt_ids]
-    if not prompt:
-      raise Z1Error("prompt_ids is empty: a prompt needs at least one token")
-    _ids("prompt_ids", prompt, cfg.vocab_size)
-    if len(prompt) > cfg.max_position_embeddings:
-      raise Z1Error(f"prompt_ids: {len(prompt)} tokens are longer than the model's maximum of "
-                    f"{cfg.max_position_embeddings} positions")
-    if req.mode not in budget_lib.MODES:
-      raise Z1Error(f"mode={req.mode!r}: expected one of {budget_lib.MODES}")
-    for field in ("thinking_budget", "answer_tokens", "max_new_tokens"):
-      value = getattr(req, field)
-      if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-        raise Z1Error(f"{field}={value}: expected an integer >= 1")
-    if req.thinking_budget is None:
-      if req.mode == "s1":
-        raise Z1Error("mode='s1' needs a thinking_budget")
-      if req.answer_tokens is not None or req.placement is not None:
-        raise Z1Error("answer_tokens / placement apply with a thinking_budget only")
-      if req.max_new_tokens is None:
-        raise Z1Error("max_new_tokens is unset: pass it, or thinking_budget with answer_tokens")
-      stop = int(req.max_new_tokens)
-    else:
-      if req.max_new_tokens is not None:
-        raise Z1Error("pass max_new_tokens or thinking_budget with answer_tokens, not both")
-      if req.answer_tokens is None:
-        raise Z1Error("thinking_budget needs answer_tokens (the answer's length limit)")
-      marker = self.trigger_ids(req.mode)
-      if not marker:
-        raise Z1Error(f"no {'trigger' if req.mode == 'z1' else 's1 answer marker'} ids: pass "
-                      "them to the engine (no tokenizer to make them)")
-      plan = budget_lib.Budget(int(req.thinking_budget), int(req.answer_tokens), marker,
-                               self.placement(req))  # the trigger-length check
-      stop = plan.stop
-    if req.mode == "s1":
-      if req.min_thinking and not self.markers.wait_ids:
-        raise Z1Error("min_thinking needs wait ids: pass them to the engine")
-    elif req.min_thinking:
-      raise Z1Error("min_thinking applies to mode='s1' only")
-    if isinstance(req.min_thinking, bool) or int(req.min_thinking) != req.min_thinking or (
-        req.min_thinking < 0):
-      raise Z1Error(f"min_thinking={req.min_thinking}: expected an integer >= 0")
-    if len(prompt) + stop > self.max_seq_len:
-      raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit the "
-                    f"cache of {self.max_seq_len} positions (max_seq_len)")
-    for field in ("seed", "row_id"):
-      value = getattr(req, field)
-      if isinstance(value, bool) or int(value) != value or not 0 <= value < 2**31:
-        raise Z1Error(f"{field}={value}: expected an integer in [0, 2**31)")
-    temperature = req.temperature
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-      raise Z1Error(f"temperature={temperature!r}: expected a number")
-    return Sampling(float(temperature), req.top_k, req.top_p)
+    return check_request(req, self.cfg, self.markers, self.max_seq_len)
 
   def placement(self, req: Request) -> str:
-    return req.placement or ("replace" if req.mode == "z1" else "append")
+    return placement_of(req)
 
   def submit(self, req: Request, *, _key=None, _forks=()) -> None:
     """Validates and queues `req` (never blocks on decoding)."""

@@ -83,24 +83,34 @@ def _check_prompts(prompts) -> list[list[int]]:
   return out
 
 
-def _engine(model: Qwen2, prompts, stop: int, opts: DecodeOptions, marker) -> Engine:
+def make_engine(model: Qwen2, longest: int, batch_size: int | None, *, tokenizer=None,
+                eos_ids=None, trigger_ids=None, s1_marker_ids=None, wait_ids=None,
+                n_requests: int = 1) -> Engine:
+  """An engine sized for requests of at most `longest` positions (prompt + generated): the
+  cache length bucketed, `batch_size` slots (default: the requests, up to 64, a power of two)
+  rounded up to the mesh's batch split."""
   if not isinstance(model, Qwen2):
     raise Z1Error(f"model: expected a z1_jax Qwen2 model, got {type(model).__name__}")
-  batch_size = opts.batch_size
   if batch_size is None:
-    batch_size = min(bucket(len(prompts), 1), 64)
+    batch_size = min(bucket(n_requests, 1), 64)
   if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
     raise Z1Error(f"batch_size={batch_size}: expected an integer >= 1")
   multiple = _batch_multiple(model)
   slots = -(-batch_size // multiple) * multiple
-  longest = max((len(p) for p in prompts), default=1)
+  return Engine(model, slots=slots, max_seq_len=bucket(longest), tokenizer=tokenizer,
+                eos_ids=eos_ids, trigger_ids=trigger_ids, s1_marker_ids=s1_marker_ids,
+                wait_ids=wait_ids)
+
+
+def _engine(model: Qwen2, prompts, stop: int, opts: DecodeOptions, marker) -> Engine:
   markers = {}
   if opts.mode == "s1":
     markers = dict(s1_marker_ids=marker, wait_ids=opts.wait_ids)
   elif marker:
     markers = dict(trigger_ids=marker)
-  return Engine(model, slots=slots, max_seq_len=bucket(longest + stop),
-                tokenizer=opts.tokenizer, eos_ids=opts.eos_ids, **markers)
+  return make_engine(model, max(len(p) for p in prompts) + stop, opts.batch_size,
+                     tokenizer=opts.tokenizer, eos_ids=opts.eos_ids, n_requests=len(prompts),
+                     **markers)
 
 
 def _requests(prompts, opts: DecodeOptions, **limits) -> list[Request]:
