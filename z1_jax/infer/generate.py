@@ -18,7 +18,6 @@ from flax import nnx
 
 from z1_jax.errors import Z1Error
 from z1_jax.infer import budget as budget_lib
-from z1_jax.infer import window
 from z1_jax.infer.engine import Engine, Generation, Request, _batch_multiple, bucket
 from z1_jax.infer.sampling import Sampling
 from z1_jax.model.qwen2 import Qwen2
