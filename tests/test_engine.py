@@ -128,3 +128,11 @@ def test_sweep_forks_branches_equal_to_separate_runs(tiny):
           [Request(i, p, thinking_budget=b, answer_tokens=6, **kw)
            for i, p in enumerate(prompts[:5])])
       assert swept[b] == single, (kw, b)
+
+
+def test_warmup_compiles_and_the_engine_then_decodes(tiny):
+  model, prompts = tiny
+  engine = Engine(model, slots=2, max_seq_len=32, eos_ids=EOS, trigger_ids=TRIGGER)
+  engine.warmup()
+  out = engine.run([Request(0, prompts[0], max_new_tokens=5)])
+  assert out == _engine(model, slots=2).run([Request(0, prompts[0], max_new_tokens=5)])

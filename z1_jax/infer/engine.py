@@ -388,7 +388,7 @@ class Engine:
                         ("chunk_steps", chunk_steps)):
       if isinstance(value, bool) or int(value) != value or value < 1:
         raise Z1Error(f"{name}={value}: expected an integer >= 1")
-    multiple = _batch_multiple(model)
+    multiple = self._multiple = _batch_multiple(model)
     if slots % multiple:
       raise Z1Error(f"slots={slots}: must be a multiple of {multiple}, the mesh's batch split")
     cfg = model.cfg
@@ -448,13 +448,11 @@ class Engine:
     for kind in ("greedy", "sample", "filter"):
       decode_chunk.lower(self.graphdef, self.params, state, markers=self.markers,
                          steps=self.chunk_steps, kind=kind).compile()
-    n = 1
-    while True:
+    counts = sorted({-(-min(1 << k, self.slots) // self._multiple) * self._multiple
+                     for k in range(self.slots.bit_length() + 1)})
+    for n in counts:
       for p in self._widths():
         self._admit_lowered(state, n, p).compile()
-      if n >= self.slots:
-        break
-      n = min(2 * n, self.slots)
 
   def _widths(self):
     p, out = 0, []
@@ -472,6 +470,7 @@ class Engine:
     count = len(entries)
     n = min(1 << (count - 1).bit_length(), self.slots) if count > 1 else 1
     n = max(n, count)
+    n = -(-n // self._multiple) * self._multiple  # the prefill batch splits over the mesh too
     longest = max(len(r.prompt_ids) - 1 for _, r, _, _ in entries)
     p = 0 if longest == 0 else min(bucket(longest), self.max_seq_len)
     prompts = np.zeros((n, p), np.int32)
