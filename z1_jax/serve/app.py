@@ -156,6 +156,7 @@ def create_app(runner: Runner, tokenizer, served_model: str, defaults: Defaults,
     created = int(time.time())
     chunk = protocol.chat_chunk if p.kind == "chat" else protocol.completion_chunk
     text = protocol.StreamText(tokenizer, eos_ids, req.thinking_budget is not None)
+    trigger_text = tokenizer.decode(list(engine.trigger_ids(p.mode)))
     finished = False
     try:
       if p.kind == "chat":
@@ -170,17 +171,13 @@ def create_app(runner: Runner, tokenizer, served_model: str, defaults: Defaults,
         done = item.finished is not None
         for field, delta in text.deltas(final=done, ended=done and item.finished.ended):
           if field == "content" and at_trigger:
-            start, t = text.trigger
             yield _sse(chunk(req.id, served_model, created, {}, extra={"z1": {
-                "trigger": tokenizer.decode(text.tokens[start:start + t]),
-                "thinking_tokens": start}}))
+                "trigger": trigger_text, "thinking_tokens": text.trigger[0]}}))
             at_trigger = False
           yield _sse(chunk(req.id, served_model, created, {field: delta}))
         if at_trigger:  # the trigger arrived with no answer text yet
-          start, t = text.trigger
           yield _sse(chunk(req.id, served_model, created, {}, extra={"z1": {
-              "trigger": tokenizer.decode(text.tokens[start:start + t]),
-              "thinking_tokens": start}}))
+              "trigger": trigger_text, "thinking_tokens": text.trigger[0]}}))
         if done:
           finished = True
           s = protocol.split_generation(item.finished, tokenizer, item.trigger_len or len(
