@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 
 from z1_jax import distributed
-from z1_jax.cli_args import float_dtype, mesh_spec, non_negative_int, positive_float, positive_int
+from z1_jax.cli_args import (float_dtype, mesh_spec, non_negative_int, port, positive_float,
+                             positive_int)
 from z1_jax.errors import Z1Error
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -26,14 +27,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
-
-
-def _port(text: str) -> int:
-  value = non_negative_int(text)
-  if value > 65535:
-    import argparse
-    raise argparse.ArgumentTypeError(f"expected a port 0..65535 (0: any free port), got {text}")
-  return value
 
 
 def _check_flags(args) -> None:
@@ -149,7 +142,7 @@ def add_parser(sub) -> None:
   src.add_argument("--ckpt", help="Orbax checkpoint: a z1 train run, a checkpoint root or one "
                    "step directory (default: none)")
   p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-  p.add_argument("--port", type=_port, default=8000, help="port; 0 picks a free one")
+  p.add_argument("--port", type=port, default=8000, help="port; 0 picks a free one")
   p.add_argument("--served-model-name", default=None,
                  help="the `model` clients must name (default: the checkpoint directory's name)")
   p.add_argument("--batch-size", type=positive_int, default=8,
