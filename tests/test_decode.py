@@ -31,13 +31,16 @@ def hf_greedy(hf, ids, n, eos=EOS):
   return out[0, len(ids):].tolist()
 
 
-def two_step_reference(hf, prompt, budget, answer, placement):
-  """The paper's two passes: greedy for the window, then the trigger ids, then the answer."""
-  first = hf_greedy(hf, prompt, budget - len(TRIGGER) if placement == "replace" else budget)
-  if first[-1] in EOS:
+def two_step_reference(hf, prompt, budget, answer, placement, eos=EOS):
+  """The paper's two passes: greedy up to B tokens; a row that ended there is final; else its
+  first B-T tokens (replace) or all B (append), the trigger ids, then the answer."""
+  first = hf_greedy(hf, prompt, budget, eos)
+  if first[-1] in eos:
     return first, len(first), False, 0
-  answer_ids = hf_greedy(hf, prompt + first + TRIGGER, answer)
-  return first + TRIGGER + answer_ids, budget, True, len(answer_ids)
+  if placement == "replace":
+    first = first[:budget - len(TRIGGER)]
+  answer_ids = hf_greedy(hf, prompt + first + TRIGGER, answer, eos)
+  return first + TRIGGER + answer_ids, len(first), True, len(answer_ids)
 
 
 def test_greedy_equals_hf_generate_for_ragged_batch(tiny):
@@ -66,6 +69,21 @@ def test_budget_equals_two_step_hf_reference(tiny, placement):
     assert all(g.tokens[13:16] == TRIGGER for g in out[1:])  # the window holds B tokens
 
 
+@pytest.mark.parametrize("placement", ["replace", "append"])
+def test_a_natural_end_in_the_last_trigger_positions_is_final(tiny, placement):
+  """Row 1 ends by itself after 28 tokens: with B=29 (T=3) its end lies in (B-T, B], so it
+  is final and never gets the trigger, for both placements (the old replace bug forced it)."""
+  hf, model, prompts = tiny
+  out = generate(model, prompts, thinking_budget=29, answer_tokens=5, trigger_ids=TRIGGER,
+                 placement=placement, eos_ids=EOS)
+  for p, g in zip(prompts, out):
+    tokens, thinking, hit, answer = two_step_reference(hf, p, 29, 5, placement)
+    assert (g.tokens, g.thinking_tokens, g.hit_budget, g.answer_tokens) == (
+        tokens, thinking, hit, answer)
+  assert len(out[1].tokens) == 28 and not out[1].hit_budget and out[1].finish_reason == "stop"
+  assert out[3].hit_budget and out[3].finish_reason == "length"
+
+
 def test_sweep_equals_per_budget_runs(tiny):
   _, model, prompts = tiny
   budgets = [8, 12, 16, 21]  # stops 14..27: generated widths 16 and 32 (fewer compiles)
@@ -87,7 +105,7 @@ def test_sampling_reproducible_and_independent_of_batch(tiny):
   assert generate(model, prompts, **kw) == out
   assert generate(model, prompts, batch_size=1, **kw) == out
   # a row alone (with its row id) gets the same tokens as inside the batch
-  assert generate(model, [prompts[2]], row_ids=[2], **kw)[0] == out[2]
+  assert generate(model, [prompts[2]], row_ids=[2], **kw)[0].tokens == out[2].tokens
   other_seed = generate(model, prompts, **{**kw, "seed": 4})
   assert [g.tokens for g in other_seed] != [g.tokens for g in out]
   greedy = generate(model, prompts, max_new_tokens=12, eos_ids=EOS)
@@ -134,8 +152,8 @@ def test_default_trigger_is_the_z1_phrase_in_12_qwen_tokens():
 
 
 @pytest.mark.parametrize("kwargs, prompts, message", [
-    (dict(max_new_tokens=4), [[1, 2], []], "prompt 1 is empty"),
-    (dict(max_new_tokens=4), [[1, 400]], "prompt 0: id 400 is outside the model's vocabulary"),
+    (dict(max_new_tokens=4), [[1, 2], []], "prompt 1: prompt_ids is empty"),
+    (dict(max_new_tokens=4), [[1, 400]], "prompt 0: prompt_ids: id 400 is outside the model's vocabulary"),
     (dict(max_new_tokens=4), [list(range(1, 258))], "257 tokens are longer than the model's "
      "maximum of 256"),
     (dict(thinking_budget=3, answer_tokens=4, trigger_ids=TRIGGER), [[1]],
@@ -187,31 +205,20 @@ def test_serving_mesh_splits_head_dim_when_heads_do_not_divide(hf_checkpoint):
   assert generate(sharded, prompts, **kw) == generate(one, prompts, **kw)
 
 
-def test_decode_loop_updates_the_donated_cache_in_place(tiny):
+def test_engine_step_updates_the_donated_cache_in_place(tiny):
   import re
-  from flax import nnx
-  from z1_jax.infer import loop
-  from z1_jax.infer.decode import left_pad
-  from z1_jax.infer.sampling import Sampling
+  import jax
+  from z1_jax.infer.engine import Engine, decode_chunk
   _, model, _ = tiny
-  graphdef, params = nnx.split(model)
-  spec = loop.LoopSpec(Sampling(), tuple(EOS), tuple(TRIGGER))
-  ctl = loop.controls(trigger_step=10, stop=20, answer_tokens=5)
-  arrays = (*left_pad([[1, 2, 3], [4]], width=16), np.array([3, 1], np.int32),
-            np.array([0, 1], np.int32), np.zeros(2, bool))
-  state = loop.start(graphdef, params, *arrays, ctl, spec=spec, cache_len=48, width=32)
-  hlo = loop.run.lower(graphdef, params, state, ctl, spec=spec).compile().as_text()
+  engine = Engine(model, slots=2, max_seq_len=48, eos_ids=EOS, trigger_ids=TRIGGER)
+  state = engine._state
+  hlo = decode_chunk.lower(engine.graphdef, engine.params, state, markers=engine.markers,
+                           steps=16, kind="filter").compile().as_text()
   cache = re.escape(f"f32[2,{model.cfg.num_kv_heads},48,{model.cfg.dim_per_head}]")
-  assert re.search(cache + r"\{[^}]*\} dynamic-update-slice\(", hlo)
+  # per-row positions: each row's K/V written by a scatter (or update-slice) into the cache
+  assert re.search(cache + r"\{[^}]*\} (scatter|dynamic-update-slice)\(", hlo), hlo[:2000]
   assert not re.search(cache + r"\{[^}]*\} copy\(", hlo)  # no per-token copy of the cache
-  out = loop.run(graphdef, params, state, ctl, spec=spec)
-  assert state.cache.k[0].is_deleted()  # donated: the loop reused its buffers
-  assert int(out.step) == 10 + 3 + 5  # window, trigger, answer: every row done
-
-
-def test_host_check_refuses_writes_past_the_cache():
-  from z1_jax.infer.loop import check_writes
-  check_writes(prompt_width=16, stop=32, cache_len=48, width=32)
-  with pytest.raises(ValueError, match="does not fit"):
-    check_writes(prompt_width=16, stop=40, cache_len=48, width=32)
-
+  out = decode_chunk(engine.graphdef, engine.params, state, markers=engine.markers, steps=16,
+                     kind="greedy")
+  jax.block_until_ready(out)
+  assert state.cache.k[0].is_deleted()  # donated: the chunk reused its buffers

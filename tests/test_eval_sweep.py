@@ -178,7 +178,7 @@ def test_out_with_a_different_config_is_refused(swept, tiny_hf, aime5, capsys):
     (("--benchmark", "humaneval,nope"), "--benchmark nope: unknown"),
     (("--budgets", "16,16,32"), "--budgets 16,16,32: expected thinking budgets > 0 in strictly"),
     (("--budgets", "32,16"), "--budgets 32,16"),
-    (("--budgets", "8,16"), "--budgets 8: a budget must exceed the answer trigger's 12 tokens"),
+    (("--budgets", "8,16"), "--budgets 8: thinking_budget=8 must exceed the trigger length \\(12 tokens\\)"),
     (("--answer-tokens", "0"), "argument --answer-tokens: '0': expected an integer > 0"),
     (("--data", "gpqa-diamond=x.csv"), "gpqa-diamond is not among --benchmark"),
     (("--samples-per-problem", "4"), "--temperature > 0"),

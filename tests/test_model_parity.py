@@ -7,7 +7,7 @@ import torch
 
 import z1_jax
 from conftest import TINY_HF_CONFIGS
-from z1_jax.infer.decode import greedy_generate
+from z1_jax.infer.generate import greedy_generate
 
 TOL = 1e-4
 
@@ -111,7 +111,7 @@ def test_long_packed_row_uses_causal_blocks_and_matches_hf(hf_checkpoint):
   assert np.abs(out[:, :150] - _hf_logits(hf, a)).max() <= TOL
   assert np.abs(out[:, 150:240] - _hf_logits(hf, b)).max() <= TOL
   # prefill of the same length into a fresh cache takes the same path
-  from z1_jax.infer.decode import greedy_generate
+  from z1_jax.infer.generate import greedy_generate
   prompt = _tokens(256, (1, n), 8)
   ref = hf.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=4,
                     do_sample=False, eos_token_id=None, pad_token_id=0)[0, n:].tolist()

@@ -111,7 +111,7 @@ def test_orbax_restores_onto_another_mesh(hf_checkpoint, tmp_path, scan_layers):
 
 
 def test_kv_cache_decode_on_mesh_matches_single_device(hf_checkpoint):
-  from z1_jax.infer.decode import greedy_generate
+  from z1_jax.infer.generate import greedy_generate
   _, path = hf_checkpoint("untied-gqa4-theta")
   prompts = [list(range(1, 9)), list(range(20, 25)), list(range(40, 52)), [7, 8]]
   ref = greedy_generate(z1_jax.load_hf(path), prompts, 6)

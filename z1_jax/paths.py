@@ -20,7 +20,10 @@ def is_uri(path: str | os.PathLike) -> bool:
 
 
 def as_path(path: str | os.PathLike):
-  """A `pathlib.Path` (absolute, `~` expanded) for a local path; an `epath.Path` for a URI."""
+  """A `pathlib.Path` (absolute, `~` expanded) for a local path or a `file://` URI (which
+  `etils.epath` does not register); an `epath.Path` for any other URI."""
+  if str(path).startswith("file://"):
+    return Path(str(path)[len("file://"):]).expanduser().absolute()
   if is_uri(path):
     from etils import epath
     return epath.Path(str(path))

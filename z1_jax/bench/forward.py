@@ -10,41 +10,40 @@ import statistics
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from z1_jax.bench.common import median_time
 from z1_jax.checkpoint.hf import load_hf
-from z1_jax.infer.decode import decode_step, prefill
 from z1_jax.model.config import get_preset, to_hf_config
-from z1_jax.model.qwen2 import init_cache
 
 
 def _z1_steps(model, tokens: np.ndarray, max_len: int):
-  """(prefill, decode) callables for z1-jax; decode advances one slot per call."""
-  graphdef, state = nnx.split(model)
+  """(prefill, decode) callables for z1-jax, timing the engine's own programs: admission
+  (the prompts prefilled into their slots) and one decode step (`decode_chunk`, 1 step)."""
+  from z1_jax.infer.engine import Engine, Request, decode_chunk
   b, l = tokens.shape
-  seg = np.ones_like(tokens)
-  pos = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
+  engine = Engine(model, slots=b, max_seq_len=max_len, eos_ids=[], trigger_ids=[1])
+  room = max_len - l - 1
+  requests = [Request(i, [int(x) for x in row] + [0], max_new_tokens=room)
+              for i, row in enumerate(tokens)]  # the prefill covers the l prompt tokens
+  entries = [(i, r, engine.validate(r), 2**30) for i, r in enumerate(requests)]
 
   def run_prefill():
-    logits, cache = prefill(graphdef, state, tokens, seg, pos, init_cache(model.cfg, b, max_len))
-    logits.block_until_ready()
-    return logits, cache
+    engine._admit(entries)
+    jax.block_until_ready(engine._state)
+    return engine._state
 
-  logits, cache = run_prefill()  # compile
-  token = jnp.argmax(logits, -1).astype(jnp.int32)
-  slot = [l]
+  run_prefill()  # compile
+  steps = [0]
 
   def one_step():
-    nonlocal cache
-    if slot[0] == max_len:  # wrap around: overwriting old slots keeps the work per step equal
-      slot[0] = l
-    logits, cache = decode_step(graphdef, state, token, jnp.full((b,), slot[0], jnp.int32),
-                                cache, slot[0])
-    logits.block_until_ready()
-    slot[0] += 1
+    if steps[0] == room:  # rows full: admit again (keeps the work per step equal)
+      run_prefill()
+      steps[0] = 0
+    engine._state, toks, _ = decode_chunk(engine.graphdef, engine.params, engine._state,
+                                          markers=engine.markers, steps=1, kind="greedy")
+    toks.block_until_ready()
+    steps[0] += 1
 
   one_step()  # compile
   return run_prefill, one_step

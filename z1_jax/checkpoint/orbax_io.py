@@ -33,8 +33,9 @@ _RUNTIME_FIELDS = ("dtype", "remat_policy", "scan_layers", "attention_impl")
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
   """(manager root, step or None for the latest complete one) of a `--ckpt` argument: a
-  `z1 train` run directory (`<run>/checkpoints`), a manager root, or one step directory."""
-  p = Path(path).expanduser().absolute()
+  `z1 train` run directory (`<run>/checkpoints`), a manager root, or one step directory. Any
+  URI `etils.epath` knows (`gs://`, `file://`) stays a URI (`paths.as_path`)."""
+  p = as_path(path)
   if not p.is_dir():
     raise FileNotFoundError(f"Orbax checkpoint directory not found: {p}")
   if (p / "checkpoints").is_dir():

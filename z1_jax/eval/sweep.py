@@ -229,7 +229,7 @@ def make_row(unit: Unit, budget: int, g, tokenizer) -> dict:
   p = unit.problem
   return {"benchmark": p.benchmark, ID_FIELD[p.benchmark]: p.id, "sample": unit.sample,
           "budget": budget, "thinking_tokens": g.thinking_tokens, "hit_budget": g.hit_budget,
-          "answer_tokens": g.answer_tokens, "ended": g.ended,
+          "answer_tokens": g.answer_tokens, "ended": g.ended, "finish_reason": g.finish_reason,
           "completion": g.text if g.text is not None else tokenizer.decode(g.tokens),
           "graded": _graded_text(g, tokenizer)}
 
@@ -350,14 +350,14 @@ def _ordered(rows: dict[tuple, dict], units: list[Unit], budgets: Sequence[int])
 
 
 def _check_budgets(cfg: SweepConfig, tokenizer) -> None:
-  """The trigger fills the last positions of each window: every budget must exceed it."""
-  if cfg.mode != "z1" or cfg.placement == "append":
-    return
-  from z1_jax.data.format import ANSWER_TRIGGER
-  t = len(tokenizer.encode(ANSWER_TRIGGER, add_special_tokens=False))
-  if cfg.budgets[0] <= t:
-    raise Z1Error(f"--budgets {cfg.budgets[0]}: a budget must exceed the answer trigger's {t} "
-                  "tokens (the trigger fills the last positions of the window)")
+  """Every budget must exceed the trigger (`infer.budget.Budget`, the one rule)."""
+  from z1_jax.infer import budget as budget_lib
+  marker = budget_lib.marker_ids(cfg.mode, None, None, tokenizer)
+  placement = cfg.placement or ("replace" if cfg.mode == "z1" else "append")
+  try:
+    budget_lib.Budget(min(cfg.budgets), cfg.answer_tokens, marker, placement)
+  except Z1Error as e:
+    raise Z1Error(f"--budgets {min(cfg.budgets)}: {e}") from None
 
 
 def run_from_args(args, mesh=None) -> dict:

@@ -1,7 +1,15 @@
-"""`z1 generate`: load a checkpoint (HF directory or Orbax), decode prompts, print the rows.
+"""`z1 generate`: load a checkpoint (HF directory or Orbax), decode prompts on the engine.
 
-Everything the user can get wrong is checked before the model loads; the model directory's
-tokenizer is used when it has one (a directory without one works with `--prompt-ids`).
+Single prompts (`--prompt` / `--prompt-ids`, printed) or many requests (`--prompts
+REQUESTS.jsonl --out OUT.jsonl`: one JSON object per line with `prompt` text or `prompt_ids`,
+optional `id`, `thinking_budget`, `answer_tokens`, `max_new_tokens`, `temperature`, `top_p`,
+`top_k`, `seed`; a row's values override the flags, and a row's `max_new_tokens` or
+`thinking_budget` replaces the flags' choice between the two). One output row per request in
+input order with its `id` and the `Generation` fields, written atomically.
+
+Everything the user can get wrong is checked before the model loads (flags, every request
+against the model's config, the trigger and cache lengths); the model directory's tokenizer is
+used when it has one (a directory without one works with ids).
 """
 
 from __future__ import annotations
@@ -9,11 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from z1_jax.cli_args import (float_dtype, int_list, mesh_spec, non_negative_float, non_negative_int,
-                             positive_int, probability)
+from z1_jax.cli_args import (float_dtype, int_list, mesh_spec, non_negative_float,
+                             non_negative_int, positive_int, probability)
 from z1_jax.errors import Z1Error
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+_ROW_FIELDS = ("id", "prompt", "prompt_ids", "thinking_budget", "answer_tokens",
+               "max_new_tokens", "temperature", "top_p", "top_k", "seed")
 
 
 def _check_flags(args) -> None:
@@ -21,59 +31,207 @@ def _check_flags(args) -> None:
   if budgeted and args.max_new_tokens is not None:
     raise Z1Error("--max-new-tokens and --thinking-budget exclude each other "
                   "(a budgeted run generates at most the budget plus --answer-tokens)")
-  if budgeted != (args.answer_tokens is not None):
+  if not args.prompts and budgeted != (args.answer_tokens is not None):
     raise Z1Error("--thinking-budget and --answer-tokens go together")
-  if not budgeted:
+  if not budgeted and not args.prompts:
     for flag, value in (("--trigger", args.trigger), ("--trigger-ids", args.trigger_ids),
                         ("--placement", args.placement)):
       if value is not None:
         raise Z1Error(f"{flag} applies with --thinking-budget only")
     if args.mode == "s1":
       raise Z1Error("--mode s1 needs --thinking-budget and --answer-tokens")
-  if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
-    raise Z1Error("--top-k / --top-p need --temperature > 0 (temperature 0 is greedy)")
-  source = Path(args.hf or args.ckpt).expanduser()
-  if args.ckpt and not source.is_dir():
+  if args.mode != "s1":
+    for flag, value in (("--min-thinking", args.min_thinking or None),
+                        ("--wait-ids", args.wait_ids)):
+      if value is not None:
+        raise Z1Error(f"{flag} applies with --mode s1 only")
+  from z1_jax.infer.sampling import Sampling
+  try:
+    Sampling(args.temperature, args.top_k, args.top_p)
+  except Z1Error as e:
+    raise Z1Error(f"--temperature/--top-k/--top-p: {e}") from None
+  if (args.out is None) != (args.prompts is None):
+    raise Z1Error("--prompts REQUESTS.jsonl and --out OUT.jsonl go together")
+  if args.json and args.prompts:
+    raise Z1Error("--json applies to --prompt/--prompt-ids (with --prompts every row is JSON)")
+  from z1_jax.paths import as_path, is_uri
+  source = args.hf or args.ckpt
+  if args.ckpt and not as_path(source).is_dir():
     raise Z1Error(f"--ckpt {args.ckpt}: Orbax checkpoint directory not found")
-  if args.tokenizer is None and args.prompt and not _has_tokenizer(source):
+  local = None if is_uri(source) else Path(source).expanduser()
+  needs_text = args.prompt or args.prompts
+  if args.tokenizer is None and args.prompt and not (local and _has_tokenizer(local)):
     raise Z1Error(f"--prompt needs a tokenizer and {source} has none: pass --tokenizer DIR "
                   "or give token ids with --prompt-ids")
+  del needs_text
+  if args.prompts is not None:
+    from z1_jax.outputs import check_output_file
+    if not Path(args.prompts).is_file():
+      raise Z1Error(f"--prompts {args.prompts}: file not found")
+    check_output_file(args.out, "--out", args.overwrite, inputs=[("--prompts", args.prompts)])
 
 
 def _has_tokenizer(path: Path) -> bool:
   return path.is_dir() and any((path / f).exists() for f in _TOKENIZER_FILES)
 
 
+def _read_config(args):
+  if args.hf is not None:
+    from z1_jax.checkpoint.hf import read_hf_config, resolve_checkpoint_dir
+    return read_hf_config(resolve_checkpoint_dir(args.hf))
+  from z1_jax.checkpoint.orbax_io import read_config
+  return read_config(args.ckpt)[0]
+
+
+def _read_rows(path: str) -> list[dict]:
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise Z1Error(f"--prompts {path}: line {n} is not JSON ({e})") from None
+      if not isinstance(row, dict):
+        raise Z1Error(f"--prompts {path}: line {n}: expected a JSON object")
+      unknown = sorted(set(row) - set(_ROW_FIELDS))
+      if unknown:
+        raise Z1Error(f"--prompts {path}: line {n}: unknown field(s) {', '.join(unknown)}; "
+                      f"known: {', '.join(_ROW_FIELDS)}")
+      if ("prompt" in row) == ("prompt_ids" in row):
+        raise Z1Error(f"--prompts {path}: line {n}: give `prompt` (text) or `prompt_ids`, "
+                      "exactly one")
+      rows.append({**row, "_line": n})
+  if not rows:
+    raise Z1Error(f"--prompts {path}: no requests")
+  return rows
+
+
+def _requests(args, tokenizer):
+  """The `Request`s of the invocation, and how to name each in an error."""
+  from z1_jax.infer.engine import Request
+  flags = dict(thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
+               max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+  common = dict(mode=args.mode, placement=args.placement, min_thinking=args.min_thinking)
+  if args.prompts is None:
+    if args.prompt:
+      prompts = [tokenizer.encode(p, add_special_tokens=False) for p in args.prompt]
+    else:
+      prompts = args.prompt_ids
+    if flags["thinking_budget"] is None and flags["max_new_tokens"] is None:
+      flags["max_new_tokens"] = 256
+    return [Request(i, p, row_id=i, **flags, **common) for i, p in enumerate(prompts)], None
+  rows = _read_rows(args.prompts)
+  requests, ids = [], set()
+  for i, row in enumerate(rows):
+    where = f"--prompts {args.prompts}: line {row['_line']}"
+    if "prompt" in row:
+      if tokenizer is None:
+        raise Z1Error(f"{where}: `prompt` text needs a tokenizer (pass --tokenizer DIR) or "
+                      "give `prompt_ids`")
+      if not isinstance(row["prompt"], str):
+        raise Z1Error(f"{where}: `prompt` must be text")
+      ids_ = tokenizer.encode(row["prompt"], add_special_tokens=False)
+    else:
+      ids_ = row["prompt_ids"]
+      if not isinstance(ids_, list):
+        raise Z1Error(f"{where}: `prompt_ids` must be a list of token ids")
+    values = dict(flags)
+    if "max_new_tokens" in row:
+      values.update(thinking_budget=None, answer_tokens=None)
+    if "thinking_budget" in row:
+      values.update(max_new_tokens=None)
+    values.update({k: row[k] for k in flags if k in row})
+    if values["thinking_budget"] is None and values["max_new_tokens"] is None:
+      values["max_new_tokens"] = 256
+    rid = row.get("id", i)
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid in ids:
+      raise Z1Error(f"{where}: id {rid!r} must be a string or integer, unique in the file")
+    ids.add(rid)
+    budgeted = values["thinking_budget"] is not None
+    req = Request(rid, ids_, row_id=i, **values, mode=args.mode,
+                  placement=args.placement if budgeted else None,
+                  min_thinking=args.min_thinking if budgeted else 0)
+    requests.append(req)
+  return requests, rows
+
+
+def _row(g, rid) -> dict:
+  return {"id": rid, "tokens": g.tokens, "text": g.text, "thinking_tokens": g.thinking_tokens,
+          "hit_budget": g.hit_budget, "answer_tokens": g.answer_tokens,
+          "finish_reason": g.finish_reason, "ended": g.ended}
+
+
 def run_generate(args) -> int:
+  from z1_jax import distributed
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   _check_flags(args)
+  from z1_jax.infer.budget import marker_ids
+  from z1_jax.infer.engine import check_request, resolve_markers, window
+  from z1_jax.infer.generate import bucket, resolve_tokenizer
+  from z1_jax.paths import is_uri
+  source = args.hf or args.ckpt
+  local = None if is_uri(source) else Path(source).expanduser()
+  tokenizer = resolve_tokenizer(args.tokenizer or (local if local and _has_tokenizer(local)
+                                                   else None))
+  cfg = _read_config(args)  # the config only: weights load after every check below
+  trigger_ids = args.trigger_ids
+  if trigger_ids is None and args.trigger is not None:
+    trigger_ids = marker_ids(args.mode, args.trigger, None, tokenizer)
+  markers = dict(trigger_ids=trigger_ids) if args.mode == "z1" else dict(
+      s1_marker_ids=trigger_ids, wait_ids=args.wait_ids)
+  resolved = resolve_markers(cfg.vocab_size, tokenizer, args.eos_ids, **markers)
+  requests, _ = _requests(args, tokenizer)
+
+  def longest(r):
+    t = len(resolved.z1_ids if r.mode == "z1" else resolved.s1_ids)
+    placement = r.placement or ("replace" if r.mode == "z1" else "append")
+    budgeted = r.thinking_budget is not None and r.answer_tokens is not None
+    stop = window.stop_for(r.thinking_budget if budgeted else None, r.answer_tokens, t,
+                           placement, r.max_new_tokens or 0)
+    return len(r.prompt_ids) + stop
+
+  max_len = bucket(max(longest(r) if isinstance(r.prompt_ids, list) else 1 for r in requests))
+  for r in requests:  # every request, before the model loads
+    try:
+      check_request(r, cfg, resolved, max_len)
+    except Z1Error as e:
+      raise Z1Error(str(e).replace("request ", "prompt " if args.prompts is None else
+                                   "request id ", 1)) from None
   from z1_jax.model.sharding import mesh_from_spec
   mesh = mesh_from_spec(args.mesh)
-  from z1_jax.infer.generate import generate, resolve_tokenizer
-  source = Path(args.hf or args.ckpt).expanduser()
-  tokenizer = resolve_tokenizer(args.tokenizer or (source if _has_tokenizer(source) else None))
-  if args.prompt:
-    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in args.prompt]
-  else:
-    prompts = args.prompt_ids
   from z1_jax.infer.load import load_for_decoding
   model = load_for_decoding(args.hf, args.ckpt, mesh, args.dtype)
-  budget = {} if args.thinking_budget is None else dict(
-      thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
-      placement=args.placement, trigger=args.trigger, trigger_ids=args.trigger_ids)
-  out = generate(model, prompts, max_new_tokens=None if budget else args.max_new_tokens or 256,
-                 mode=args.mode, eos_ids=args.eos_ids, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, tokenizer=tokenizer,
-                 batch_size=args.batch_size, **budget)
-  for i, g in enumerate(out):
-    row = {"prompt": i, "tokens": g.tokens, "thinking_tokens": g.thinking_tokens,
-           "hit_budget": g.hit_budget, "answer_tokens": g.answer_tokens, "ended": g.ended,
-           "text": g.text}
-    if args.json:
-      print(json.dumps(row, ensure_ascii=False))
-    else:
-      print(f"--- prompt {i}: {len(g.tokens)} tokens, thinking {g.thinking_tokens}, "
-            f"hit budget {g.hit_budget}, answer {g.answer_tokens}, ended {g.ended}")
-      print(g.text if g.text is not None else " ".join(map(str, g.tokens)))
+  from z1_jax.infer.generate import make_engine
+  engine = make_engine(model, max_len, args.batch_size, tokenizer=tokenizer,
+                       eos_ids=args.eos_ids, n_requests=len(requests), **markers)
+  import jax
+  writer = jax.process_index() == 0
+  if args.prompts is None:
+    out = engine.run(requests)
+    if not writer:
+      return 0
+    for i, g in enumerate(out):
+      row = {"prompt": i, **_row(g, i)}
+      del row["id"]
+      if args.json:
+        print(json.dumps(row, ensure_ascii=False))
+      else:
+        print(f"--- prompt {i}: {len(g.tokens)} tokens, thinking {g.thinking_tokens}, "
+              f"hit budget {g.hit_budget}, answer {g.answer_tokens}, "
+              f"finish {g.finish_reason}")
+        print(g.text if g.text is not None else " ".join(map(str, g.tokens)))
+    return 0
+  from tqdm import tqdm
+  with tqdm(total=len(requests), desc="generate", unit="request",
+            disable=not writer or args.no_progress) as bar:
+    out = engine.run(requests, progress=bar.update)
+  if writer:
+    from z1_jax.outputs import write_text_atomic
+    write_text_atomic(args.out, "".join(json.dumps(_row(g, r.id), ensure_ascii=False) + "\n"
+                                        for g, r in zip(out, requests)))
   return 0
 
 
@@ -90,6 +248,15 @@ def add_parser(sub) -> None:
                    "is required)")
   ask.add_argument("--prompt-ids", action="append", type=int_list,
                    help="prompt token ids 1,2,3 (repeat for a batch; default: none)")
+  ask.add_argument("--prompts", default=None,
+                   help="REQUESTS.jsonl: one request per line (prompt or prompt_ids, optional "
+                        "id, thinking_budget, answer_tokens, max_new_tokens, temperature, "
+                        "top_p, top_k, seed overriding the flags); needs --out (default: none)")
+  gen.add_argument("--out", default=None,
+                   help="OUT.jsonl for --prompts: one row per request in input order, written "
+                        "atomically (default: none)")
+  gen.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (default: refuse)")
   gen.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="tokens to generate without a budget (default 256)")
   gen.add_argument("--thinking-budget", type=positive_int, default=None,
@@ -106,10 +273,16 @@ def add_parser(sub) -> None:
                         "(default: replace for z1, append for s1)")
   gen.add_argument("--mode", choices=("z1", "s1"), default="z1",
                    help="Shifted Thinking Window or s1 budget forcing (default z1)")
+  gen.add_argument("--wait-ids", type=int_list, default=None,
+                   help="s1: ids that replace an end of thinking before --min-thinking "
+                        "(default: \"Wait\" tokenized; needed for a non-Qwen vocabulary)")
+  gen.add_argument("--min-thinking", type=non_negative_int, default=0,
+                   help="s1: an end of thinking before this many tokens becomes \"Wait\" "
+                        "(default 0)")
   gen.add_argument("--eos-ids", type=int_list, default=None,
                    help="end ids 1,2 (default: <|im_end|> and <|endoftext|>)")
   gen.add_argument("--temperature", type=non_negative_float, default=0.0,
-                   help="0 is greedy (default 0)")
+                   help="0 is greedy; a positive value below 1e-6 is refused (default 0)")
   gen.add_argument("--top-k", type=positive_int, default=None, help="default: off")
   gen.add_argument("--top-p", type=probability, default=None, help="default: off")
   gen.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
@@ -117,9 +290,14 @@ def add_parser(sub) -> None:
                    help="tokenizer directory (default: the model directory's, if any)")
   gen.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
   gen.add_argument("--batch-size", type=positive_int, default=None,
-                   help="rows decoded together (default: all prompts, up to 64)")
+                   help="slots: the most rows decoded at once (default: all requests, up to "
+                        "64, a power of two)")
   gen.add_argument("--mesh", type=mesh_spec, default=None,
                    help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1: batch "
                         "over data, heads over tensor (default: one device)")
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+  gen.add_argument("--no-progress", action="store_true",
+                   help="no progress bar for --prompts (default: shown on stderr)")
+  from z1_jax import distributed
+  distributed.add_args(gen)
   gen.set_defaults(fn=run_generate)

@@ -62,8 +62,9 @@ def resolve_impl(impl: str, platform: str, self_attention: bool, q_len: int,
   return impl
 
 
-def _mask(q_seg, q_pos, kv_seg, kv_pos):
-  """[B, Lq, Skv] visibility, the dense reference's rule."""
+def visible(q_seg, q_pos, kv_seg, kv_pos):
+  """[B, Lq, Skv] visibility, the one mask rule of every implementation: a query sees a key iff
+  both are in the same non-zero segment and the key's position is not after the query's."""
   return ((q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0) &
           (kv_pos[:, None, :] <= q_pos[:, :, None]))
 
@@ -104,7 +105,7 @@ def _scores(qi, kj, mask):
 
 def _block_mask(q_seg, q_pos, kv_seg, kv_pos, i, j, bq, bk):
   sl = lambda x, start, n: jax.lax.dynamic_slice_in_dim(x, start, n, 1)
-  return _mask(sl(q_seg, i * bq, bq), sl(q_pos, i * bq, bq), sl(kv_seg, j * bk, bk),
+  return visible(sl(q_seg, i * bq, bq), sl(q_pos, i * bq, bq), sl(kv_seg, j * bk, bk),
                sl(kv_pos, j * bk, bk))
 
 

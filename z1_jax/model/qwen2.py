@@ -19,12 +19,10 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from z1_jax.model import attention
+from z1_jax.model.attention import NEG_INF, visible
 from z1_jax.model.config import Qwen2Config
 from z1_jax.model.remat import remat
 from z1_jax.model.sharding import LogicalRules
-
-NEG_INF = float(jnp.finfo(jnp.float32).min)
-
 
 def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal",
            stack: int | None = None) -> nnx.Param:
@@ -73,6 +71,16 @@ def init_cache(cfg: Qwen2Config, batch: int, max_len: int, rules: LogicalRules |
     return x if rules is None else jax.device_put(x, rules.sharding(("batch", "cache_seq"),
                                                                      x.shape))
   return KVCache(k, v, slots(), slots())
+
+
+def write_slots(buf: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+  """`new` written into `buf` along `axis` from `index`: one index for every row (`[]`), or
+  one per row (`[B]`, batch axis 0: a per-row `dynamic_update_slice`, a scatter that updates
+  the donated buffer in place)."""
+  if index.ndim == 0:
+    return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis)
+  return jax.vmap(lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis - 1))(
+      buf, new, index)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float):
@@ -133,8 +141,7 @@ def _attend(q, k, v, q_seg, q_pos, kv_seg, kv_pos) -> jax.Array:
   q = q.reshape(b, l, kh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * l, d)
   scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
   scores = scores.reshape(b, kh, g, l, s)
-  mask = ((q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg[:, None, :] != 0) &
-          (kv_pos[:, None, :] <= q_pos[:, :, None]))
+  mask = visible(q_seg, q_pos, kv_seg, kv_pos)
   scores = jnp.where(mask[:, None, None], scores, NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kh, g * l, s)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kh, g, l, d)
@@ -190,8 +197,8 @@ class Attention(nnx.Module):
       new_kv = None
     else:
       k_cache, v_cache, kv_seg, kv_pos, index, _ = kv
-      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, 2)
-      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, 2)
+      k_cache = write_slots(k_cache, k.astype(k_cache.dtype), index, 2)
+      v_cache = write_slots(v_cache, v.astype(v_cache.dtype), index, 2)
       new_kv = (k_cache, v_cache)
     if self_only:
       out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True,
@@ -268,12 +275,12 @@ class Qwen2(nnx.Module):
                prefill: bool = False, return_hidden: bool = False):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
-    With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1` (the
-    same slots for every row) and attend to everything visible in the cache. `prefill`
+    With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1`
+    (`cache_index` a scalar: the same slots for every row; `[B]`: each row's own) and attend to everything visible in the cache. `prefill`
     (static) says the cache holds nothing visible yet: the tokens then attend only among
     themselves (the fast path). A Python int `cache_index` is checked against the cache length
     here; a traced one cannot be (`dynamic_update_slice` would clamp it and overwrite the last
-    slots), so callers check every write index on the host first (`infer.loop` does).
+    slots), so callers check every write index on the host first (`infer.engine` does).
     `last_only` computes logits for the final position only (`[B, 1, V]`). `return_hidden`
     (no cache) returns the final normed hidden states `[B, L, E]` instead of logits, for a loss
     that applies `head_weight()` itself chunk by chunk (`model/loss.py`).
@@ -298,8 +305,8 @@ class Qwen2(nnx.Module):
         raise ValueError(f"cache write at slots [{cache_index}, {cache_index + l}) is outside "
                          f"the cache of {slots} slots")
       index = jnp.asarray(cache_index, jnp.int32)
-      kv_seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, index, 1)
-      kv_pos = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions, index, 1)
+      kv_seg = write_slots(cache.segment_ids, segment_ids, index, 1)
+      kv_pos = write_slots(cache.positions, positions, index, 1)
 
     def layer_fn(graphdef):
       def run(layer_state, x, kv_pair):
