@@ -21,6 +21,14 @@ def non_negative_int(text: str) -> int:
   return value
 
 
+def port(text: str) -> int:
+  """A TCP port 0..65535 (0: any free port)."""
+  value = non_negative_int(text)
+  if value > 65535:
+    raise argparse.ArgumentTypeError(f"expected a port 0..65535 (0: any free one), got {text}")
+  return value
+
+
 def positive_float(text: str) -> float:
   try:
     value = float(text)

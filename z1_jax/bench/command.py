@@ -24,6 +24,10 @@ def run(args) -> int:
     from z1_jax.bench.sweep import bench_sweep
     rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
                        args.workers)
+  elif args.what == "serve":
+    from z1_jax.bench.serve import bench_serve
+    rows = bench_serve(args.requests, args.clients, args.slots, tuple(args.budgets),
+                       args.answer_tokens, args.max_seq_len)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -83,6 +87,15 @@ def add_parser(sub) -> None:
                    help="problems per decode batch")
   bsw.add_argument("--workers", type=positive_int, default=None,
                    help="scoring workers (default: CPUs)")
-  for c in (fwd, btr, dat, dec, scr, bsw):
+  bsv = bench_sub.add_parser("serve", help="z1 serve over HTTP vs the offline engine: "
+                             "tokens/s, TTFT and per-token latency (tiny model)")
+  bsv.add_argument("--requests", type=positive_int, default=64, help="requests in the set")
+  bsv.add_argument("--clients", type=positive_int, default=16, help="concurrent clients")
+  bsv.add_argument("--slots", type=positive_int, default=8, help="engine slots, both sides")
+  bsv.add_argument("--budgets", type=int_list, default=[32, 64, 128],
+                   help="thinking budgets, cycled over the requests")
+  bsv.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
+  bsv.add_argument("--max-seq-len", type=positive_int, default=256, help="cache positions")
+  for c in (fwd, btr, dat, dec, scr, bsw, bsv):
     c.add_argument("--json", action="store_true", help="JSON lines output")
     c.set_defaults(fn=run)

@@ -1,0 +1,242 @@
+"""`z1 serve` against the real `openai` client and httpx, one live server (a subprocess on
+127.0.0.1, a tiny random model with the Qwen tokenizer) for the whole module: chat and
+completions, streamed and not, budgets, equality with `z1 generate --json`, 20 kinds of bad
+requests, a bounded load test, a client that disconnects, SIGTERM with requests in flight."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("z1_jax.infer.engine", reason="z1 serve runs on the decode engine (issue 16)")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+ROOT = Path(__file__).parents[1]
+MODEL = "tiny-z1"
+SLOTS = 4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  import z1_jax
+  from z1_jax.data.tokenizer import load_tokenizer
+  path = tmp_path_factory.mktemp("serve") / MODEL
+  z1_jax.save_hf(z1_jax.create_model(z1_jax.get_preset("tiny")), path, dtype="float32",
+                 tokenizer=load_tokenizer())
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "z1_jax.cli", "serve", "--hf", str(path), "--port", "0",
+       "--batch-size", str(SLOTS), "--max-seq-len", "128", "--max-queue", "64",
+       "--shutdown-timeout", "20"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+  lines, url = [], None
+  deadline = time.time() + 120
+  while url is None and time.time() < deadline:
+    line = proc.stderr.readline()
+    if not line:
+      break
+    lines.append(line)
+    m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
+    url = m.group(1) if m else None
+  assert url, "server did not become ready:\n" + "".join(lines)
+  threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+  yield {"url": url, "proc": proc, "path": path, "log": lines}
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+def _client(server):
+  return openai.OpenAI(base_url=server["url"] + "/v1", api_key="none", max_retries=0,
+                       timeout=60)
+
+
+def _health(server):
+  return httpx.get(server["url"] + "/health", timeout=10).json()
+
+
+def test_models_and_health(server):
+  models = _client(server).models.list()
+  assert [m.id for m in models.data] == [MODEL]
+  h = _health(server)
+  assert h["status"] == "ok" and h["slots"] == SLOTS
+
+
+def test_chat_with_a_budget(server):
+  r = _client(server).chat.completions.create(
+      model=MODEL, messages=[{"role": "user", "content": "add 2 and 3"}], max_tokens=40,
+      temperature=0, extra_body={"thinking_token_budget": 20})
+  extra = r.model_extra
+  u = r.usage
+  # a random model does not stop by itself: the trigger fills positions 8..19 of the window
+  assert extra["z1"]["hit_budget"] and extra["z1"]["thinking_tokens"] == 20 - 12
+  assert u.completion_tokens_details.reasoning_tokens == 8 <= 20
+  assert extra["z1"]["answer_tokens"] == 40 - 20 == u.completion_tokens - 20
+  assert r.choices[0].finish_reason == "length"
+  assert r.choices[0].message.content and r.choices[0].message.model_extra["reasoning_content"]
+  assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_stream_equals_whole_and_shows_the_trigger(server):
+  client = _client(server)
+  kw = dict(model=MODEL, prompt="def add(a, b):", max_tokens=30, temperature=0,
+            extra_body={"thinking_token_budget": 16, "answer_tokens": 10})
+  whole = client.completions.create(**kw)
+  chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True},
+                                          **kw))
+  content = "".join(c.choices[0].text for c in chunks if c.choices)
+  reasoning = "".join(c.choices[0].model_extra.get("reasoning_content") or ""
+                      for c in chunks if c.choices)
+  assert content == whole.choices[0].text
+  assert reasoning == whole.choices[0].model_extra["reasoning_content"]
+  triggers = [c.model_extra["z1"]["trigger"] for c in chunks
+              if "trigger" in (c.model_extra.get("z1") or {})]
+  assert triggers == ["\n\nI overthought it, the final answer should be:\n\n"]
+  assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 16 + 10
+
+
+def test_chat_stream_switches_from_reasoning_to_content(server):
+  stream = _client(server).chat.completions.create(
+      model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=24, temperature=0,
+      stream=True, extra_body={"thinking_token_budget": 16})
+  fields = []
+  for c in stream:
+    for choice in c.choices:
+      d = choice.delta
+      if d.model_extra.get("reasoning_content"):
+        fields.append("r")
+      if d.content:
+        fields.append("c")
+  assert fields and fields[0] == "r" and fields[-1] == "c"
+  assert "".join(fields).count("rc") == 1 and "cr" not in "".join(fields)
+
+
+def test_greedy_equals_z1_generate_json(server):
+  from z1_jax.data.tokenizer import load_tokenizer
+  ids = load_tokenizer().encode("print(1 + 1)", add_special_tokens=False)
+  out = subprocess.run(
+      [sys.executable, "-m", "z1_jax.cli", "generate", "--hf", str(server["path"]),
+       "--prompt-ids", ",".join(map(str, ids)), "--thinking-budget", "18", "--answer-tokens",
+       "6", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+      env={**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr
+  row = json.loads(out.stdout.splitlines()[-1])
+  r = _client(server).completions.create(
+      model=MODEL, prompt=ids, max_tokens=24, temperature=0,
+      extra_body={"thinking_token_budget": 18})
+  choice = r.choices[0]
+  assert r.model_extra["z1"]["thinking_tokens"] == row["thinking_tokens"]
+  assert r.model_extra["z1"]["answer_tokens"] == row["answer_tokens"]
+  assert r.usage.completion_tokens == len(row["tokens"])
+  trigger = "\n\nI overthought it, the final answer should be:\n\n"
+  assert choice.model_extra["reasoning_content"] + trigger + choice.text == row["text"]
+
+
+BAD = [
+    ("not json", b"{bad", 400, None),
+    ("array body", [], 400, None),
+    ("no model", {"prompt": "x", "max_tokens": 4}, 400, "model"),
+    ("unknown model", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ("no prompt", {"model": MODEL, "max_tokens": 4}, 400, "prompt"),
+    ("prompt number", {"model": MODEL, "prompt": 5}, 400, "prompt"),
+    ("id out of vocab", {"model": MODEL, "prompt": [1, 10**7], "max_tokens": 4}, 400, "prompt"),
+    ("max_tokens 0", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("max_tokens str", {"model": MODEL, "prompt": "x", "max_tokens": "9"}, 400, "max_tokens"),
+    ("temperature", {"model": MODEL, "prompt": "x", "temperature": 3}, 400, "temperature"),
+    ("top_p 0", {"model": MODEL, "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("n 2", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
+    ("stop", {"model": MODEL, "prompt": "x", "stop": ["\n"]}, 400, "stop"),
+    ("budget <= trigger", {"model": MODEL, "prompt": "x", "max_tokens": 30,
+                           "thinking_token_budget": 5}, 400, "thinking_token_budget"),
+    ("no room to answer", {"model": MODEL, "prompt": "x", "max_tokens": 20,
+                           "thinking_token_budget": 20}, 400, "max_tokens"),
+    ("cap below budget+answer", {"model": MODEL, "prompt": "x", "max_tokens": 30,
+                                 "thinking_token_budget": 20, "answer_tokens": 20}, 400,
+     "max_tokens"),
+    ("placement", {"model": MODEL, "prompt": "x", "thinking_token_budget": 20,
+                   "answer_tokens": 4, "placement": "middle"}, 400, "placement"),
+    ("does not fit", {"model": MODEL, "prompt": "x", "max_tokens": 500}, 400, "prompt"),
+    ("bad message role", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+     400, "messages"),
+    ("logprobs", {"model": MODEL, "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ("stream not bool", {"model": MODEL, "prompt": "x", "stream": "yes"}, 400, "stream"),
+]
+
+
+def test_bad_requests_each_get_their_4xx_and_the_server_keeps_serving(server):
+  url = server["url"]
+  for name, body, status, param in BAD:
+    path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else (
+        "/v1/completions")
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(url + path, content=data, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == status, (name, r.text)
+    err = r.json()["error"]
+    assert err["message"] and err["param"] == param, (name, err)
+  assert httpx.get(url + "/v1/nothing-here").status_code == 404
+  r = _client(server).completions.create(model=MODEL, prompt="x", max_tokens=3, temperature=0)
+  assert r.usage.completion_tokens == 3
+  assert _health(server)["in_flight"] == 0
+
+
+def test_load_mixed_budgets_no_slot_leaked(server):
+  client = _client(server)
+  budgets = [None, 14, 20, 32]
+
+  def one(i):
+    budget = budgets[i % 4]
+    t0 = time.perf_counter()
+    extra = {} if budget is None else {"thinking_token_budget": budget}
+    r = client.completions.create(model=MODEL, prompt=f"x = {i}", max_tokens=(budget or 8) + 6,
+                                  temperature=0.7, seed=i, extra_body=extra)
+    if budget is not None:
+      assert r.usage.completion_tokens_details.reasoning_tokens <= budget
+    assert r.usage.completion_tokens == (budget or 8) + 6
+    return time.perf_counter() - t0, r.usage.completion_tokens
+
+  t0 = time.perf_counter()
+  with ThreadPoolExecutor(32) as pool:
+    results = list(pool.map(one, range(64), timeout=120))
+  wall = time.perf_counter() - t0
+  lat = sorted(r[0] for r in results)
+  print(f"load: 64 requests, 32 clients, {wall:.1f} s, {sum(r[1] for r in results) / wall:.0f} "
+        f"tokens/s, p50 {lat[31]:.2f} s, p99 {lat[-1]:.2f} s")
+  h = _health(server)
+  assert (h["in_flight"], h["active"], h["queued"]) == (0, 0, 0)
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+  body = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0,
+          "stream": True}
+  with httpx.stream("POST", server["url"] + "/v1/completions", json=body, timeout=30) as r:
+    assert r.status_code == 200
+    next(r.iter_lines())
+    assert _health(server)["active"] == 1
+  deadline = time.time() + 10
+  while time.time() < deadline and _health(server)["active"]:
+    time.sleep(0.1)
+  h = _health(server)
+  assert (h["in_flight"], h["active"], h["queued"]) == (0, 0, 0)
+
+
+def test_sigterm_with_requests_in_flight_finishes_them_and_exits_0(server):
+  client = _client(server)
+  with ThreadPoolExecutor(3) as pool:
+    futures = [pool.submit(client.completions.create, model=MODEL, prompt=f"p{i}",
+                           max_tokens=90, temperature=0) for i in range(3)]
+    deadline = time.time() + 20
+    while _health(server)["active"] < 3 and time.time() < deadline:
+      time.sleep(0.05)
+    server["proc"].send_signal(signal.SIGTERM)
+    done = [f.result(timeout=60) for f in futures]
+  assert [r.usage.completion_tokens for r in done] == [90, 90, 90]
+  assert server["proc"].wait(timeout=60) == 0, "".join(server["log"])

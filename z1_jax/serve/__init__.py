@@ -1,0 +1,1 @@
+"""`z1 serve`: an OpenAI-compatible server on the decode engine (see `command.py`)."""

@@ -1,0 +1,173 @@
+"""`z1 serve`: an OpenAI-compatible HTTP server on the decode engine, with a thinking budget per
+request (FastAPI on uvicorn; see `z1_jax/serve/app.py`).
+
+Start-up: flags checked, model loaded, the engine compiled on its thread while uvicorn already
+listens (`GET /health` is 503 until then, 200 after); the address and progress go to stderr.
+SIGTERM / SIGINT: stop accepting, let what is in flight finish for `--shutdown-timeout` seconds
+(then cancel it), stop the engine, exit 0. On a pod slice every process runs the engine and
+process 0 serves HTTP (`runner` broadcasts its requests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from z1_jax import distributed
+from z1_jax.cli_args import (float_dtype, mesh_spec, non_negative_int, port, positive_float,
+                             positive_int)
+from z1_jax.errors import Z1Error
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _check_flags(args) -> None:
+  if args.default_answer_tokens is not None and args.default_thinking_budget is None:
+    raise Z1Error("--default-answer-tokens applies with --default-thinking-budget")
+  source = Path(args.hf or args.ckpt).expanduser()
+  if args.ckpt and "://" not in args.ckpt and not source.is_dir():
+    raise Z1Error(f"--ckpt {args.ckpt}: Orbax checkpoint directory not found")
+  if args.tokenizer is None and not _has_tokenizer(source):
+    raise Z1Error(f"{source} has no tokenizer: pass --tokenizer DIR (the server tokenizes "
+                  "prompts and detokenizes answers)")
+
+
+def _has_tokenizer(path: Path) -> bool:
+  return path.is_dir() and any((path / f).exists() for f in _TOKENIZER_FILES)
+
+
+class _Server:
+  """uvicorn's server, with SIGTERM/SIGINT turned into a graceful stop and exit 0 (uvicorn
+  re-raises the signal after shutting down, which would end the process by the signal)."""
+
+  def __init__(self, app, sock, shutdown_timeout: float):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+      @contextlib.contextmanager
+      def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+          yield
+          return
+        old = {s: signal.signal(s, lambda *_: self.handle_exit(s, None))
+               for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+          yield
+        finally:
+          for s, h in old.items():
+            signal.signal(s, h)
+
+      def handle_exit(self, sig, frame):
+        if not self.should_exit:
+          _log("z1 serve: stopping: no new connections; waiting for requests in flight")
+        super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=shutdown_timeout)
+    self.server, self.sock = Server(config), sock
+
+  def run(self) -> None:
+    self.server.run(sockets=[self.sock])
+
+
+def run_serve(args) -> int:
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  _check_flags(args)
+  import jax
+  from z1_jax.infer.engine import Engine
+  from z1_jax.infer.generate import resolve_tokenizer
+  from z1_jax.infer.load import load_for_decoding
+  from z1_jax.model.sharding import mesh_from_spec
+  from z1_jax.serve.protocol import Defaults
+  from z1_jax.serve.runner import Runner
+  source = Path(args.hf or args.ckpt).expanduser()
+  name = args.served_model_name or source.name
+  lead = jax.process_index() == 0
+  sock = None
+  if lead:  # bind first: a taken port fails before the model loads
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      sock.bind((args.host, args.port))
+    except OSError as e:
+      raise Z1Error(f"--host {args.host} --port {args.port}: cannot listen there ({e})") from None
+    sock.listen(2048)
+  tokenizer = resolve_tokenizer(args.tokenizer or source)
+  _log(f"z1 serve: loading {source}...")
+  model = load_for_decoding(args.hf, args.ckpt, mesh_from_spec(args.mesh), args.dtype)
+  max_seq_len = args.max_seq_len or min(4096, model.cfg.max_position_embeddings)
+  engine = Engine(model, slots=args.batch_size, max_seq_len=max_seq_len, tokenizer=tokenizer,
+                  chunk_steps=args.chunk_steps)
+  defaults = Defaults(args.default_thinking_budget, args.default_answer_tokens)
+  if defaults.thinking_budget is not None:
+    t = len(engine.trigger_ids("z1"))
+    if defaults.thinking_budget <= t:
+      raise Z1Error(f"--default-thinking-budget {defaults.thinking_budget}: must exceed the "
+                    f"answer trigger's {t} tokens")
+  runner = Runner(engine, log=_log)
+  runner.start()
+  if not lead:  # a pod's other processes: the engine only, driven by process 0's broadcasts
+    runner._thread.join()
+    return 0 if runner.failed is None else 1
+  from z1_jax.serve.app import create_app
+  app = create_app(runner, tokenizer, name, defaults, args.max_queue)
+  host, port = sock.getsockname()[:2]
+  _log(f"z1 serve: {name!r} on http://{host}:{port}/v1 (ready once GET /health is 200)")
+
+  def announce():
+    runner.ready.wait()
+    if runner.failed is None:
+      _log(f"z1 serve: ready on http://{host}:{port}")
+  threading.Thread(target=announce, daemon=True).start()
+  _Server(app, sock, args.shutdown_timeout).run()
+  runner.stop(timeout=args.shutdown_timeout + 30)
+  _log(f"z1 serve: stopped after {runner.served} requests")
+  return 0 if runner.failed is None else 1
+
+
+def add_parser(sub) -> None:
+  p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a thinking budget per "
+                     "request (continuous batching on the decode engine)")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf", help="HF checkpoint directory (default: none; one of --hf/--ckpt is "
+                   "required)")
+  src.add_argument("--ckpt", help="Orbax checkpoint: a z1 train run, a checkpoint root or one "
+                   "step directory (default: none)")
+  p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+  p.add_argument("--port", type=port, default=8000, help="port; 0 picks a free one")
+  p.add_argument("--served-model-name", default=None,
+                 help="the `model` clients must name (default: the checkpoint directory's name)")
+  p.add_argument("--batch-size", type=positive_int, default=8,
+                 help="engine slots: requests decoded at once")
+  p.add_argument("--max-seq-len", type=positive_int, default=None,
+                 help="cache positions per slot: prompt + generated tokens (default: the "
+                      "model's maximum, at most 4096)")
+  p.add_argument("--default-thinking-budget", type=positive_int, default=None,
+                 help="thinking budget B for requests without thinking_token_budget "
+                      "(default: none, such requests decode without a budget)")
+  p.add_argument("--default-answer-tokens", type=positive_int, default=None,
+                 help="answer allowance A for budgeted requests without answer_tokens or "
+                      "max_tokens (default: none, such requests are refused)")
+  p.add_argument("--max-queue", type=non_negative_int, default=64,
+                 help="requests waiting beyond the busy slots; more get 429 with Retry-After")
+  p.add_argument("--chunk-steps", type=positive_int, default=16,
+                 help="decode steps per engine dispatch (stream granularity)")
+  p.add_argument("--shutdown-timeout", type=positive_float, default=30.0,
+                 help="seconds in-flight requests may take to finish after SIGTERM before "
+                      "they are cancelled")
+  p.add_argument("--mesh", type=mesh_spec, default=None,
+                 help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1 (default: "
+                      "one device)")
+  p.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
+  p.add_argument("--tokenizer", default=None,
+                 help="tokenizer directory (default: the model directory's)")
+  distributed.add_args(p)
+  p.set_defaults(fn=run_serve)

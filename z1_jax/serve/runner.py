@@ -1,0 +1,196 @@
+"""The engine's thread: one background thread owns the engine and calls `step()` in a loop (JAX
+calls from one thread); the asyncio side talks to it through thread-safe queues.
+
+- `submit(req, sink)` / `cancel(id)` put commands in an inbox; the thread applies them at the
+  next chunk boundary, so a cancelled (disconnected) request frees its slot within one chunk.
+- Each `Event` goes to its request's `Sink` (an asyncio queue fed with
+  `loop.call_soon_threadsafe`); a finished or failed request's sink is dropped.
+- Counters (`stats()`): requests accepted and not yet answered, the engine's active slots and
+  queue; the load test checks they are back at zero.
+- Pod slice: every process runs a `Runner`; process 0's inbox is the only one fed (HTTP runs
+  there) and each loop turn broadcasts that turn's commands to the others
+  (`multihost_utils.broadcast_one_to_all` of a fixed-size byte array), so every process calls
+  `submit` / `cancel` / `step` with identical inputs in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import queue
+import sys
+import threading
+import time
+
+import numpy as np
+
+_IDLE_WAIT_S = 0.05  # how long an idle loop turn waits for a command
+_BROADCAST_BYTES = 1 << 16  # one turn's commands on a pod, JSON; more wait for the next turn
+
+
+class Sink:
+  """Where one request's events go: an asyncio queue on the server's event loop."""
+
+  def __init__(self, loop: asyncio.AbstractEventLoop):
+    self.loop, self.queue = loop, asyncio.Queue()
+
+  def put(self, item) -> None:
+    try:
+      self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    except RuntimeError:  # the event loop is closed: nobody is listening any more
+      pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+  """Sent to a sink when the engine refused or dropped the request."""
+  message: str
+  status: int = 500
+
+
+class Runner:
+  def __init__(self, engine, *, warmup: bool = True, log=None):
+    self.engine = engine
+    self._warmup = warmup
+    self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+    self._sinks: dict = {}
+    self._stop = threading.Event()
+    self.ready = threading.Event()
+    self.failed: str | None = None
+    self.accepted = 0  # requests handed to the engine and not yet answered (any thread reads)
+    self.served = 0
+    self._count = threading.Lock()
+    self._stats = {"slots": engine.slots, "active": 0, "queued": 0}
+    self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    import jax
+    self._pod = jax.process_count() > 1
+    self._lead = jax.process_index() == 0
+    self._thread = threading.Thread(target=self._main, name="z1-engine", daemon=True)
+
+  # -- the asyncio side ----------------------------------------------------------------------
+  def start(self) -> None:
+    self._thread.start()
+
+  def submit(self, req, sink: Sink) -> None:
+    with self._count:
+      self.accepted += 1
+    self._inbox.put(("submit", req, sink))
+
+  def cancel(self, rid) -> None:
+    self._inbox.put(("cancel", rid, None))
+
+  def stop(self, timeout: float | None = None) -> None:
+    self._inbox.put(("stop", None, None))
+    self._thread.join(timeout)
+
+  def stats(self) -> dict:
+    return {**self._stats, "in_flight": self.accepted, "served": self.served}
+
+  # -- the engine thread ---------------------------------------------------------------------
+  def _main(self) -> None:
+    try:
+      if self._warmup:
+        t0 = time.perf_counter()
+        self._log(f"z1 serve: compiling the engine ({self.engine.slots} slots, "
+                  f"{self.engine.max_seq_len} positions)...")
+        self.engine.warmup()
+        self._log(f"z1 serve: compiled in {time.perf_counter() - t0:.1f} s")
+      self.ready.set()
+      self._loop()
+    except BaseException as e:  # noqa: BLE001 - every waiting request hears of it
+      self.failed = f"{type(e).__name__}: {e}"
+      self._log(f"z1 serve: the engine failed: {self.failed}")
+      for sink in self._sinks.values():
+        sink.put(Failed(f"the engine failed: {self.failed}"))
+      self._sinks.clear()
+      self.ready.set()
+
+  def _commands(self) -> list:
+    """This turn's commands (waits a little when there is nothing to decode)."""
+    out = []
+    if self._lead:
+      block = not self.engine.has_work()
+      try:
+        out.append(self._inbox.get(timeout=_IDLE_WAIT_S) if block else self._inbox.get_nowait())
+        while True:
+          out.append(self._inbox.get_nowait())
+      except queue.Empty:
+        pass
+    if self._pod:
+      out = self._broadcast(out)
+    return out
+
+  def _broadcast(self, commands: list) -> list:
+    """Process 0's commands to every process (the sinks stay on process 0)."""
+    from jax.experimental import multihost_utils
+    payload = b""
+    if self._lead:
+      kept, wire = [], []
+      for cmd in commands:
+        item = [cmd[0], dataclasses.asdict(cmd[1]) if cmd[0] == "submit" else cmd[1]]
+        trial = json.dumps(wire + [item]).encode()
+        if len(trial) > _BROADCAST_BYTES - 8 and wire:
+          self._inbox.put(cmd)  # next turn (order kept for what follows: they queue after)
+          continue
+        wire.append(item)
+        kept.append(cmd)
+        payload = trial
+      commands = kept
+    buf = np.zeros((_BROADCAST_BYTES,), np.uint8)
+    if self._lead:
+      buf[:8] = np.frombuffer(np.int64(len(payload)).tobytes(), np.uint8)
+      buf[8:8 + len(payload)] = np.frombuffer(payload, np.uint8)
+    buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    if self._lead:
+      return commands
+    size = int(np.frombuffer(buf[:8].tobytes(), np.int64)[0])
+    from z1_jax.infer.engine import Request
+    out = []
+    for kind, value in json.loads(buf[8:8 + size].tobytes()) if size else []:
+      if kind == "submit":
+        value["prompt_ids"] = tuple(value["prompt_ids"])
+        out.append((kind, Request(**value), None))
+      else:
+        out.append((kind, value, None))
+    return out
+
+  def _loop(self) -> None:
+    engine = self.engine
+    stopping = False
+    while True:
+      for kind, value, sink in self._commands():
+        if kind == "stop":
+          stopping = True
+        elif kind == "cancel":
+          engine.cancel(value)
+        else:
+          try:
+            engine.submit(value)
+          except Exception as e:  # noqa: BLE001 - validated before; refused here all the same
+            self._finish(value.id, sink, Failed(str(e), 400))
+            continue
+          if sink is not None:
+            self._sinks[value.id] = sink
+      if stopping and not engine.has_work():
+        break
+      if engine.has_work():
+        for ev in engine.step():
+          sink = self._sinks.get(ev.id)
+          if ev.error is not None:
+            self._finish(ev.id, sink, Failed(ev.error, 499))
+          elif ev.finished is not None:
+            self._finish(ev.id, sink, ev)
+          elif sink is not None:
+            sink.put(ev)
+      s = engine.stats()
+      self._stats = {"slots": s["slots"], "active": s["active"], "queued": s["queued"]}
+
+  def _finish(self, rid, sink, item) -> None:
+    self._sinks.pop(rid, None)
+    if self._lead:
+      with self._count:
+        self.accepted -= 1
+        self.served += 1
+    if sink is not None:
+      sink.put(item)
