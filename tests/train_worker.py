@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 out, pid, port, data = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 
-from z1_jax.train.distributed import initialize  # noqa: E402
+from z1_jax.distributed import initialize  # noqa: E402
 
 initialize(f"127.0.0.1:{port}", 2, pid)
 

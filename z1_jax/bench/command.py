@@ -1,0 +1,88 @@
+"""`z1 bench ...`: options and dispatch (each benchmark is a module of this package)."""
+
+from __future__ import annotations
+
+from z1_jax.cli_args import choice_of, int_list, positive_int
+
+
+def run(args) -> int:
+  from z1_jax.bench.common import print_rows
+  if args.what == "forward":
+    from z1_jax.bench.forward import bench_forward
+    rows = bench_forward(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "train":
+    from z1_jax.bench.train import bench_train
+    rows = bench_train(args.preset, args.batch, args.seq_len, args.repeats)
+  elif args.what == "data":
+    from z1_jax.bench.data import bench_data
+    rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
+  elif args.what == "decode":
+    from z1_jax.bench.decode import bench_decode
+    rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
+                        args.budgets, args.answer_tokens)
+  elif args.what == "sweep":
+    from z1_jax.bench.sweep import bench_sweep
+    rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
+                       args.workers)
+  else:
+    from z1_jax.bench.score import bench_score
+    rows = bench_score(args.workers)
+  print_rows(rows, args.json)
+  return 0
+
+
+def _presets() -> list[str]:
+  from z1_jax.model.config import PRESETS
+  return sorted(PRESETS)
+
+
+def add_parser(sub) -> None:
+  bench = sub.add_parser("bench", help="speed benchmarks against a reference")
+  bench_sub = bench.add_subparsers(dest="what", required=True)
+  fwd = bench_sub.add_parser("forward", help="prefill and decode step vs HF transformers")
+  fwd.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model size (random weights)")
+  fwd.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+  fwd.add_argument("--seq-len", type=positive_int, default=512, help="prompt tokens")
+  fwd.add_argument("--repeats", type=positive_int, default=5, help="timed rounds")
+  btr = bench_sub.add_parser("train", help="one train step (fwd, bwd, AdamW) vs HF PyTorch")
+  btr.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model shape (random weights)")
+  btr.add_argument("--batch", type=positive_int, default=1, help="rows per step")
+  btr.add_argument("--seq-len", type=positive_int, default=512, help="tokens per row")
+  btr.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation")
+  dat = bench_sub.add_parser("data", help="packing efficiency and tokenize+pack throughput")
+  dat.add_argument("--examples", type=positive_int, default=107_000, help="lengths to pack")
+  dat.add_argument("--seq-len", type=positive_int, default=8192,
+                   help="tokens per packed row (Z1-like lengths longer than this are truncated)")
+  dat.add_argument("--tokenize-examples", type=positive_int, default=1000,
+                   help="texts to tokenize")
+  dec = bench_sub.add_parser("decode", help="generate tokens/s vs HF transformers generate")
+  dec.add_argument("--preset", type=choice_of(_presets, "preset"), default="qwen2.5-0.5b",
+                   help="model size (random weights)")
+  dec.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+  dec.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens")
+  dec.add_argument("--gen-len", type=positive_int, default=64, help="generated tokens")
+  dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds")
+  dec.add_argument("--budgets", type=int_list, default=None,
+                   help="also time a sweep over these budgets, e.g. 64,128,256,512,1024 "
+                        "(default: no sweep)")
+  dec.add_argument("--answer-tokens", type=positive_int, default=32,
+                   help="answer allowance of the sweep")
+  scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
+  scr.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel samples (default: the number of CPUs)")
+  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs one decode per "
+                             "budget and one decode at the largest budget (tiny model)")
+  bsw.add_argument("--problems", type=positive_int, default=64, help="HumanEval problems")
+  bsw.add_argument("--budgets", type=int_list, default=[32, 64, 128, 256],
+                   help="thinking budgets")
+  bsw.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
+  bsw.add_argument("--batch-size", type=positive_int, default=16,
+                   help="problems per decode batch")
+  bsw.add_argument("--workers", type=positive_int, default=None,
+                   help="scoring workers (default: CPUs)")
+  for c in (fwd, btr, dat, dec, scr, bsw):
+    c.add_argument("--json", action="store_true", help="JSON lines output")
+    c.set_defaults(fn=run)
