@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from z1_jax import distributed
 from z1_jax.cli_args import accelerator_name, mesh_spec, positive_int
@@ -12,8 +13,15 @@ def run_train(args) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from z1_jax.config import load_config
   from z1_jax.train.loop import train
+  from z1_jax.train.interrupt import EXIT_CODES
   summary = train(load_config(args.config, args.overrides), args.out)
   print(json.dumps(summary))
+  if summary.get("already_done"):
+    print(f"z1 train: {summary['already_done']}", file=sys.stderr)
+  if summary.get("stopped_by"):
+    print(f"z1 train: stopped by {summary['stopped_by']} after step {summary['step']}, which is "
+          f"saved; rerun the same command to resume", file=sys.stderr)
+    return EXIT_CODES[summary["stopped_by"]]
   return 0
 
 
