@@ -154,10 +154,19 @@ def _tensor_files(ckpt: Path) -> dict[str, Path]:
     raise CheckpointError(f"{ckpt}: no *.safetensors files (and no model.safetensors.index.json)")
   out = {}
   for f in files:
-    with safe_open(f, framework="flax") as st:
+    with _open(f) as st:
       for k in st.keys():
         out[k] = f
   return out
+
+
+def _open(f: Path):
+  """`safe_open` of one file; a truncated or corrupt file is a CheckpointError naming it."""
+  try:
+    return safe_open(f, framework="flax")
+  except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError/OSError
+    raise CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                          "the download may be incomplete: fetch the file again") from None
 
 
 def read_hf_config(ckpt: Path, **overrides) -> Qwen2Config:
@@ -186,7 +195,7 @@ def _check_keys(cfg: Qwen2Config, files: dict[str, Path]) -> dict[str, tuple[int
   for f, keys in by_file.items():
     if not f.exists():
       raise CheckpointError(f"{f}: listed in the index but does not exist")
-    with safe_open(f, framework="flax") as st:
+    with _open(f) as st:
       for k in keys:
         shape = tuple(st.get_slice(k).get_shape())
         if shape != expected[k]:
@@ -206,9 +215,13 @@ class _Reader:
   def __call__(self, key: str) -> np.ndarray:
     f = self.files[key]
     if f not in self.handles:
-      self.handles[f] = safe_open(f, framework="flax")
-    with jax.default_device(self.cpu):
-      return np.asarray(self.handles[f].get_tensor(key))
+      self.handles[f] = _open(f)
+    try:
+      with jax.default_device(self.cpu):
+        return np.asarray(self.handles[f].get_tensor(key))
+    except Exception as e:  # noqa: BLE001 - a file cut short after its header
+      raise CheckpointError(f"{f}: tensor {key!r} cannot be read ({type(e).__name__}: {e}); "
+                            "the file may be truncated: fetch it again") from None
 
 
 def _get(tree, path):
@@ -272,17 +285,56 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
                                   disable=len(sources) < 50):
     var = _get(abstract, path)
     target = var.get_value()
-    host = np.empty(target.shape, target.dtype)
-    for key, to_ours, _, layer, part in keys:
-      value = to_ours(read(key), cfg)
-      dest = _slot(host, layer, part)
-      if value.shape != dest.shape:  # the table and the model disagree: a bug, not bad input
-        raise AssertionError(f"{path} <- {key}: converted shape {value.shape} != {dest.shape}")
-      dest[...] = value
     sharding = (_get(shardings, path).get_value() if shardings is not None else
                 jax.sharding.SingleDeviceSharding(device))
-    var.set_value(jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx]))
+    fill = _ShardFiller(path, keys, target.shape, target.dtype, read, cfg)
+    var.set_value(jax.make_array_from_callback(target.shape, sharding, fill))
   return nnx.merge(graphdef, abstract)
+
+
+class _ShardFiller:
+  """The `make_array_from_callback` callback of one parameter: builds only the shard asked for
+  (never the whole parameter: a stacked or fused tensor of 7B is several GB), reading one HF
+  tensor (one layer, one part) at a time and copying the part of it that falls in the shard.
+  Distinct shards are built once (replicated devices share them)."""
+
+  def __init__(self, path, keys, shape, dtype, read, cfg):
+    self.path, self.keys, self.shape, self.dtype = path, keys, shape, dtype
+    self.read, self.cfg, self.done = read, cfg, {}
+
+  def __call__(self, idx):
+    ranges = tuple(range(*sl.indices(n)) for sl, n in
+                   zip(tuple(idx) + (slice(None),) * (len(self.shape) - len(idx)), self.shape))
+    key_of = tuple((r.start, r.stop, r.step) for r in ranges)
+    if key_of in self.done:
+      return self.done[key_of]
+    out = np.empty(tuple(len(r) for r in ranges), self.dtype)
+    for key, to_ours, _, layer, part in self.keys:
+      # axes of the parameter: [layer]? then the HF tensor's axes, one of them [part]?
+      lead = 0 if layer is None else 1
+      if layer is not None and layer not in ranges[0]:
+        continue
+      if part is not None and part not in ranges[lead + 1]:
+        continue
+      value = to_ours(self.read(key), self.cfg)
+      src, dst = [], []
+      if layer is not None:
+        dst.append(ranges[0].index(layer))
+      for axis in range(lead, len(self.shape)):
+        r = ranges[axis]
+        if part is not None and axis == lead + 1:
+          dst.append(r.index(part))
+          continue
+        src.append(slice(r.start, r.stop, r.step))
+        dst.append(slice(None))
+      expect = tuple(len(ranges[a]) for a in range(lead, len(self.shape))
+                     if not (part is not None and a == lead + 1))
+      piece = value[tuple(src)]
+      if piece.shape != expect:  # the table and the model disagree: a bug, not bad input
+        raise AssertionError(f"{self.path} <- {key}: converted piece {piece.shape} != {expect}")
+      out[tuple(dst)] = piece
+    self.done[key_of] = out
+    return out
 
 
 def _host_array(x: jax.Array) -> np.ndarray:

@@ -25,7 +25,7 @@ from z1_jax.data.pack import ROW_FIELDS
 from z1_jax.errors import Z1Error
 from z1_jax.paths import as_path, is_uri
 from z1_jax.train.checkpoints import Checkpointer
-from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, to_host, train_flops_per_token
+from z1_jax.train.metrics import MetricsLog, read_metrics, peak_flops, to_float, to_host, train_flops_per_token
 from z1_jax.train.step import build_train_step, check_batch_fits, make_run_mesh
 
 RUN_FILE = "z1_run.json"
@@ -71,6 +71,8 @@ def _check_out_dir(out: Path, cfg: RunConfig) -> dict | None:
     before = _flat(record["config"])
   except (ValueError, KeyError) as e:
     raise Z1Error(f"{run_file}: unreadable run record ({e})") from None
+  if (out / "metrics.jsonl").exists():
+    read_metrics(out / "metrics.jsonl")  # an unreadable line stops the resume before any work
   ckpts = out / "checkpoints"
   if not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
     return None  # no step was ever saved: nothing to resume, nothing to keep consistent with

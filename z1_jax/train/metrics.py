@@ -70,6 +70,29 @@ def peak_flops(devices=None, override_per_device: float = 0.0) -> float:
   return measured_matmul_flops(4096, "bfloat16") * len(devices)
 
 
+def read_metrics(path: Path, warn: bool = False) -> list[tuple[str, dict]]:
+  """(line, object) of each line of a run's `metrics.jsonl`. A torn last line (a process killed
+  while writing it) is dropped; any other unreadable line is a Z1Error naming file and line."""
+  lines = path.read_text().splitlines()
+  out = []
+  for n, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      if n == len(lines):
+        if warn:
+          print(f"z1: dropping the torn last line {n} of {path}", file=sys.stderr)
+        continue
+      raise Z1Error(f"{path}: line {n} is not JSON ({line[:80]!r}); fix or delete that line "
+                    "to resume") from None
+    if not isinstance(row, dict):
+      raise Z1Error(f"{path}: line {n} is not a JSON object")
+    out.append((line, row))
+  return out
+
+
 class MetricsLog:
   """`metrics.jsonl` (one object per step, flushed) and TensorBoard events; process 0 only.
 
@@ -101,21 +124,8 @@ class MetricsLog:
     self.dropped_step_seconds = 0.0
     if not self.path.exists():
       return
-    lines = self.path.read_text().splitlines()
     keep = []
-    for n, line in enumerate(lines, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError:
-        if n == len(lines):
-          print(f"z1: dropping the torn last line {n} of {self.path}", file=sys.stderr)
-          continue
-        raise Z1Error(f"{self.path}: line {n} is not JSON ({line[:80]!r}); fix or delete that "
-                      "line to resume") from None
-      if not isinstance(row, dict):
-        raise Z1Error(f"{self.path}: line {n} is not a JSON object")
+    for line, row in read_metrics(self.path, warn=True):
       if row.get("step", 0) <= step:
         keep.append(line)
       else:
