@@ -119,3 +119,12 @@ def test_resume_refuses_changed_settings_and_corrupt_checkpoint(tmp_path, capsys
   err = capsys.readouterr().err
   assert "checkpoints/1" in err and "Traceback" not in err, err
   assert _snapshot(tmp_path) == before
+
+
+def test_v5e_recipe_is_the_7b_recipe_with_one_row_per_chip():
+  from pathlib import Path
+  configs = Path(TINY).parent
+  base = load_config(configs / "z1-qwen2.5-coder-7b.toml").to_dict()
+  v5e = load_config(configs / "z1-qwen2.5-coder-7b-v5e-16.toml").to_dict()
+  assert v5e["train"].pop("grad_accum") == 8 and base["train"].pop("grad_accum") == 4
+  assert v5e == base

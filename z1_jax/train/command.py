@@ -56,7 +56,8 @@ def add_parser(sub) -> None:
       description="Compiles the run's real train step ahead of time for a Cloud TPU slice "
       "(libtpu, the tpu extra; no TPU needed) or for N CPU devices, on abstract arguments "
       "(nothing is allocated), and prints per-chip memory against HBM, FLOPs per step, the "
-      "mesh and whether it fits. Extra arguments section.key=value override the config.")
+      "mesh and whether it fits. Extra arguments section.key=value override the config. Exit "
+      "status 0 whether or not the run fits (the answer is `fits`), 2 for bad input.")
   pl.add_argument("--config", required=True,
                   help="TOML run config, e.g. configs/z1-qwen2.5-coder-7b.toml (required)")
   target = pl.add_mutually_exclusive_group(required=True)
