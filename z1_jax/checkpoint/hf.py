@@ -287,54 +287,52 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
     target = var.get_value()
     sharding = (_get(shardings, path).get_value() if shardings is not None else
                 jax.sharding.SingleDeviceSharding(device))
-    fill = _ShardFiller(path, keys, target.shape, target.dtype, read, cfg)
-    var.set_value(jax.make_array_from_callback(target.shape, sharding, fill))
+    var.set_value(_place_shards(path, keys, target.shape, target.dtype, sharding, read, cfg))
   return nnx.merge(graphdef, abstract)
 
 
-class _ShardFiller:
-  """The `make_array_from_callback` callback of one parameter: builds only the shard asked for
-  (never the whole parameter: a stacked or fused tensor of 7B is several GB), reading one HF
-  tensor (one layer, one part) at a time and copying the part of it that falls in the shard.
-  Distinct shards are built once (replicated devices share them)."""
-
-  def __init__(self, path, keys, shape, dtype, read, cfg):
-    self.path, self.keys, self.shape, self.dtype = path, keys, shape, dtype
-    self.read, self.cfg, self.done = read, cfg, {}
-
-  def __call__(self, idx):
-    ranges = tuple(range(*sl.indices(n)) for sl, n in
-                   zip(tuple(idx) + (slice(None),) * (len(self.shape) - len(idx)), self.shape))
-    key_of = tuple((r.start, r.stop, r.step) for r in ranges)
-    if key_of in self.done:
-      return self.done[key_of]
-    out = np.empty(tuple(len(r) for r in ranges), self.dtype)
-    for key, to_ours, _, layer, part in self.keys:
-      # axes of the parameter: [layer]? then the HF tensor's axes, one of them [part]?
-      lead = 0 if layer is None else 1
+def _place_shards(path, keys, shape, dtype, sharding, read, cfg) -> jax.Array:
+  """One parameter as a sharded array, building only the shards this host's devices hold
+  (never the whole parameter: a stacked or fused tensor of 7B is several GB). Each HF tensor
+  (one layer, one part) is read once and the part of it that falls in each distinct local
+  shard is copied there (replicated devices share one buffer)."""
+  by_device = sharding.addressable_devices_indices_map(shape)
+  shards: dict[tuple, tuple[tuple[range, ...], np.ndarray]] = {}
+  device_key = {}
+  for d, idx in by_device.items():
+    idx = tuple(idx) + (slice(None),) * (len(shape) - len(idx))
+    ranges = tuple(range(*sl.indices(n)) for sl, n in zip(idx, shape))
+    k = tuple((r.start, r.stop, r.step) for r in ranges)
+    device_key[d] = k
+    if k not in shards:
+      shards[k] = (ranges, np.empty(tuple(len(r) for r in ranges), dtype))
+  for key, to_ours, _, layer, part in keys:
+    lead = 0 if layer is None else 1  # parameter axes: [layer]? then the HF tensor's axes
+    value = None
+    for ranges, out in shards.values():
       if layer is not None and layer not in ranges[0]:
         continue
       if part is not None and part not in ranges[lead + 1]:
         continue
-      value = to_ours(self.read(key), self.cfg)
+      if value is None:
+        value = to_ours(read(key), cfg)
       src, dst = [], []
       if layer is not None:
         dst.append(ranges[0].index(layer))
-      for axis in range(lead, len(self.shape)):
+      for axis in range(lead, len(shape)):
         r = ranges[axis]
-        if part is not None and axis == lead + 1:
+        if part is not None and axis == lead + 1:  # fused tensors: the part's axis
           dst.append(r.index(part))
           continue
         src.append(slice(r.start, r.stop, r.step))
         dst.append(slice(None))
-      expect = tuple(len(ranges[a]) for a in range(lead, len(self.shape))
-                     if not (part is not None and a == lead + 1))
       piece = value[tuple(src)]
-      if piece.shape != expect:  # the table and the model disagree: a bug, not bad input
-        raise AssertionError(f"{self.path} <- {key}: converted piece {piece.shape} != {expect}")
-      out[tuple(dst)] = piece
-    self.done[key_of] = out
-    return out
+      slot = out[tuple(dst)]
+      if piece.shape != slot.shape:  # the table and the model disagree: a bug, not bad input
+        raise AssertionError(f"{path} <- {key}: converted piece {piece.shape} != {slot.shape}")
+      slot[...] = piece
+  arrays = [jax.device_put(shards[device_key[d]][1], d) for d in by_device]
+  return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
 def _host_array(x: jax.Array) -> np.ndarray:
