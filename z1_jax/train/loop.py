@@ -9,6 +9,7 @@ checkpoint; the settings that shape the trajectory must match the run's (see `_M
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -349,9 +350,6 @@ def _already_done(out: Path, latest: int, target: int, what: str) -> dict:
              "nothing to do, nothing changed (raise train.max_steps or train.epochs to go on)")
   return {"out": str(out), "step": latest, "target_steps": target, "resumed_from": latest,
           "last_checkpoint": latest, "already_done": message, "stopped_by": None}
-
-
-import contextlib  # noqa: E402
 
 
 @contextlib.contextmanager
