@@ -18,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/z1-qwen2.5-coder-7b.toml"
-SLICES = ["v5p-8", "v5p-16", "v5p-32", "v5p-64", "v4-32", "v4-64", "v6e-8", "v6e-16"]
+SLICES = ["v5p-8", "v5p-16", "v5p-32", "v5p-64", "v4-32", "v4-64", "v6e-8", "v6e-16", "v5e-8",
+          "v5e-16", "v5e-32"]
 GLOBAL_BATCH = 128
 
 
@@ -64,7 +65,7 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--out", default="plans.jsonl", help="results, one JSON per line")
-  ap.add_argument("--only", default=",".join(SLICES), help="slices (default: all eight)")
+  ap.add_argument("--only", default=",".join(SLICES), help="slices (default: all in SLICES)")
   ap.add_argument("--seq", default="8192,16384", help="sequence lengths")
   ap.add_argument("--table-only", action="store_true", help="print the table of --out")
   ap.add_argument("extra", nargs="*", help="more config overrides for every row")

@@ -148,3 +148,45 @@ def test_missing_paths_are_clear(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(z1_jax.CheckpointError, match="missing config.json"):
     z1_jax.load_hf(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_truncated_safetensors_is_named(hf_checkpoint, tmp_path, cut, capsys):
+  """A download cut short: CheckpointError (exit 2) naming the file, not a SafetensorError."""
+  import shutil
+  _, path = hf_checkpoint("tied-gqa2")
+  bad = tmp_path / "bad"
+  shutil.copytree(path, bad)
+  f = bad / "model.safetensors"
+  data = f.read_bytes()
+  f.write_bytes(data[:20] if cut == "header" else data[:len(data) // 2])
+  with pytest.raises(hf_io.CheckpointError, match=rf"{f}: .*(not a readable safetensors|truncated)"):
+    hf_io.load_hf(bad)
+
+
+def test_sharded_load_builds_only_each_devices_shard(hf_checkpoint, monkeypatch):
+  """Stacked (scanned) layers onto fsdp x tensor: equal to the one-device load, and no host
+  buffer larger than one device's shard plus one HF tensor is built."""
+  import jax
+  from z1_jax.model.sharding import make_mesh
+  from flax import nnx
+  hf = hf_io
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  ref = hf_io.load_hf(path, scan_layers=True)
+  sizes = []
+  orig = np.empty
+
+  def spy(shape, *a, **k):
+    out = orig(shape, *a, **k)
+    sizes.append(out.size)
+    return out
+  monkeypatch.setattr(hf.np, "empty", spy)
+  mesh = make_mesh(1, 4, 2)
+  model = hf_io.load_hf(path, scan_layers=True, mesh=mesh)
+  monkeypatch.undo()
+  for (p, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(
+      nnx.to_pure_dict(nnx.state(ref))), jax.tree_util.tree_leaves_with_path(
+      nnx.to_pure_dict(nnx.state(model)))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
+  biggest = max(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(ref))))
+  assert max(sizes) <= biggest // 4  # the largest parameter, split at least 4 ways

@@ -36,6 +36,11 @@ def test_7b_on_a_small_slice_does_not_fit_and_says_how_much_it_needs():
   assert not plan.fits and "RESOURCE_EXHAUSTED" in plan.error
   assert plan.required_bytes > plan.hbm_bytes > 15 * 2**30
   assert plan.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
+  # "needs" = arguments (fp32 params + Adam moments of 7.6B over 4 chips, ~21 GiB) + the
+  # compiler's temporaries, and the summary says so
+  assert 20 * 2**30 < plan.arguments_bytes < 23 * 2**30
+  assert plan.required_bytes == plan.arguments_bytes + plan.required_temp_bytes
+  assert "needs" in plan.summary() and "arguments" in plan.summary().split("needs")[1]
 
 
 def test_out_of_memory_messages_parse():

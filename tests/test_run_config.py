@@ -33,6 +33,17 @@ def test_overrides_types_and_defaults(tmp_path):
     ("mesh.data=0", "mesh.data"),
     ("train.peak_lr=-1", "train.peak_lr"),
     ("peak_lr=1", "section.key=value"),
+    # nonsense optimizer values and seeds (issue 15): refused naming the key
+    ("train.adam_b1=2.0", "train.adam_b1 = 2.0: expected 0 <= value < 1"),
+    ("train.adam_b2=-1", "train.adam_b2 = -1.0: expected 0 <= value < 1"),
+    ("train.max_grad_norm=nan", "train.max_grad_norm = nan: expected a finite number"),
+    ("train.adam_eps=nan", "train.adam_eps = nan: expected a finite number"),
+    ("train.adam_eps=0", "train.adam_eps = 0.0: expected a value > 0"),
+    ("train.weight_decay=nan", "train.weight_decay = nan: expected a finite number"),
+    ("train.peak_lr=inf", "train.peak_lr = inf: expected a finite number"),
+    ("train.seed=-5", "train.seed = -5: expected 0 <= seed < 2"),
+    ("train.profile_steps=\"15:10\"", "train.profile_steps = '15:10'"),
+    ("train.profile_steps=\"10\"", "train.profile_steps = '10'"),
 ])
 def test_bad_keys_and_values_name_the_key(override, culprit):
   with pytest.raises(ConfigError, match=culprit.replace("[", r"\[").replace("]", r"\]")):
@@ -108,3 +119,12 @@ def test_resume_refuses_changed_settings_and_corrupt_checkpoint(tmp_path, capsys
   err = capsys.readouterr().err
   assert "checkpoints/1" in err and "Traceback" not in err, err
   assert _snapshot(tmp_path) == before
+
+
+def test_v5e_recipe_is_the_7b_recipe_with_one_row_per_chip():
+  from pathlib import Path
+  configs = Path(TINY).parent
+  base = load_config(configs / "z1-qwen2.5-coder-7b.toml").to_dict()
+  v5e = load_config(configs / "z1-qwen2.5-coder-7b-v5e-16.toml").to_dict()
+  assert v5e["train"].pop("grad_accum") == 8 and base["train"].pop("grad_accum") == 4
+  assert v5e == base

@@ -29,6 +29,47 @@ def test_cloud_tpu_names(name, topology, chips, config, wrap):
   assert acc.hbm_bytes > 15 * 2**30
 
 
+# Cloud TPU's v5e and v6e configuration tables: 8 chips per host from 8 chips up; the 1- and
+# 4-chip slices are one (smaller) VM. v4 / v5p hosts carry 4 chips.
+@pytest.mark.parametrize("name, hosts", [
+    ("v5litepod-1", 1), ("v5litepod-4", 1), ("v5litepod-8", 1), ("v5e-16", 2), ("v5e-32", 4),
+    ("v5e-64", 8), ("v5e-128", 16), ("v5e-256", 32), ("v6e-1", 1), ("v6e-4", 1), ("v6e-8", 1),
+    ("v6e-16", 2), ("v6e-32", 4), ("v6e-64", 8), ("v6e-128", 16), ("v6e-256", 32),
+    ("v5p-8", 1), ("v5p-16", 2), ("v5p-64", 8), ("v4-8", 1), ("v4-32", 4),
+])
+def test_slice_host_counts_follow_cloud_tpu(name, hosts):
+  assert accelerator(name).hosts == hosts
+
+
+def test_compile_only_topology_has_the_slice_host_count():
+  """libtpu agrees: the compile-only devices of v5e-16 belong to 2 processes of 8 chips."""
+  from z1_jax.topology import topology_devices
+  devices = topology_devices("v5e-16")
+  assert sorted({d.process_index for d in devices}) == [0, 1]
+  assert len(topology_devices("v5litepod-8")) == 8 and {
+      d.process_index for d in topology_devices("v5litepod-8")} == {0}
+
+
+def test_distributed_start_on_a_multi_host_slice(monkeypatch):
+  """A Cloud TPU VM of a 2-host slice calls jax.distributed.initialize() (JAX finds its peers);
+  if the runtime then sees one process, the command stops instead of training alone."""
+  import jax
+  import z1_jax.distributed as dist
+  calls = []
+  monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-16")
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+  monkeypatch.setattr("z1_jax.topology.tpu_chips_on_host", lambda: True)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  assert dist.slice_hosts() == 2
+  with pytest.raises(Z1Error, match="has 2 hosts but the JAX runtime sees 1 process"):
+    dist.initialize()
+  assert calls == [((), {})]
+  monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")  # one host: no distributed start
+  calls.clear()
+  dist.initialize()
+  assert calls == [] and dist.slice_hosts() == 1
+
+
 @pytest.mark.parametrize("bad", ["v5p-63", "v7-8", "tpu", "v5p-4", ""])
 def test_unknown_accelerator_lists_valid_names(bad):
   with pytest.raises(Z1Error, match=r"unknown accelerator.*v5p-\{8,16") as e:

@@ -44,9 +44,20 @@ def test_loss_falls_on_sample_data(tmp_path):
   assert summary["step"] == 9 and len(curve) == 9
   assert curve[-1] < curve[0] - 0.7  # from ~11.9 (uniform over 152k tokens)
   assert np.mean(curve[-3:]) < np.mean(curve[3:6]) < np.mean(curve[:3])  # steadily
-  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  assert {"step", "loss", "grad_norm", "lr", "tokens_per_s", "mfu"} <= set(rows[0])
-  assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
+  lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  rows = [r for r in lines if "step" in r]
+  assert {"step", "loss", "grad_norm", "lr", "tokens_per_s", "mfu", "step_time_s",
+          "data_wait_s"} <= set(rows[0])
+  assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["data_wait_s"] >= 0 for r in rows)
+  # the last line: this attempt's goodput, its badput by cause adding up to the wall time
+  report = lines[-1]
+  assert report["event"] == "goodput" and report == summary["goodput"]
+  assert report["steps"] == "1..9" and 0 < report["goodput"] < 1
+  assert report["productive_s"] == pytest.approx(sum(r["step_time_s"] for r in rows), abs=0.01)
+  assert report["badput_s"]["compilation"] > 0 and report["badput_s"]["restarts"] == 0
+  accounted = report["productive_s"] + sum(v for k, v in report["badput_s"].items()
+                                           if k != "restarts")
+  assert accounted == pytest.approx(report["wall_s"], abs=0.02)
   assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
@@ -143,8 +154,8 @@ def test_exact_resume(tmp_path, arith):
   assert rest["resumed_from"] == 2 and rest["step"] == 4
   np.testing.assert_allclose(losses(tmp_path / "split"), losses(tmp_path / "full"), rtol=0,
                              atol=1e-6)
-  assert [json.loads(x)["step"] for x in
-          (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+  lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+  assert [r.get("step", r.get("event")) for r in lines] == [1, 2, "goodput", 3, 4, "goodput"]
   from z1_jax.checkpoint.orbax_io import load_params
   unrolled, scanned = load_params(tmp_path / "split"), load_params(tmp_path / "split",
                                                                    scan_layers=True)
@@ -223,6 +234,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, arith, c
   err = capsys.readouterr().err
   assert "not finite" in err and "Last good checkpoint: step" in err and "Traceback" not in err
   rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  rows = [r for r in rows if "step" in r]
   bad_step = len(rows) + 1
   assert all(np.isfinite(r["loss"]) for r in rows) and f"step {bad_step}:" in err
   _, latest = read_config(run)

@@ -79,6 +79,11 @@ class TrainSection:
   eval_every: int = 0  # optimizer steps between held-out losses; 0: only at the end
   eval_batches: int = 0  # batches per held-out loss; 0: the whole eval split
   peak_flops_per_device: float = 0.0  # for mfu; 0: known TPU table or a measured CPU matmul
+  # persistent compilation cache: "" JAX_COMPILATION_CACHE_DIR or <out>/compile_cache, "off",
+  # or a directory (local or gs://); see train/observe.py
+  compilation_cache: str = ""
+  profile_steps: str = ""  # "A:B": jax.profiler trace of steps A..B into <out>/tb; "": none
+  resume_on_changed_data: bool = False  # resume even though the data's fingerprint changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +197,20 @@ def _validate(cfg: RunConfig) -> None:
   if t.global_batch % t.grad_accum:
     raise ConfigError(f"{where}: train.global_batch = {t.global_batch} is not divisible by "
                       f"train.grad_accum = {t.grad_accum}")
+  import math
+  for f in dataclasses.fields(TrainSection):
+    value = getattr(t, f.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{where}: train.{f.name} = {value!r}: expected a finite number")
+  for key in ("adam_b1", "adam_b2"):
+    if not 0 <= getattr(t, key) < 1:
+      raise ConfigError(f"{where}: train.{key} = {getattr(t, key)!r}: expected 0 <= value < 1")
+  if not t.adam_eps > 0:
+    raise ConfigError(f"{where}: train.adam_eps = {t.adam_eps!r}: expected a value > 0")
+  if not 0 <= t.seed < 2**31:
+    raise ConfigError(f"{where}: train.seed = {t.seed!r}: expected 0 <= seed < 2**31")
+  from z1_jax.train.observe import parse_profile_steps
+  parse_profile_steps(t.profile_steps, f"{where}: train.profile_steps")
   if not 0 <= t.min_lr_ratio <= 1:
     raise ConfigError(f"{where}: train.min_lr_ratio = {t.min_lr_ratio}: expected 0..1")
   for axis in ("data", "fsdp", "tensor"):

@@ -99,6 +99,8 @@ def _make(gen: Generation, name: str, chips: int) -> Accelerator:
     grid = _GRIDS_2D[chips]
     wrap = tuple(d >= 16 for d in grid) + (False,)
   per_host = (1, 1, 1) if chips == 1 else (2, 2, 1)
+  if gen.dims == 2 and chips >= 8:
+    per_host = (2, 4, 1)  # v5e / v6e hosts carry 8 chips (Cloud TPU's configuration tables)
   return Accelerator(name, gen, chips, grid, per_host, wrap)
 
 

@@ -154,10 +154,19 @@ def _tensor_files(ckpt: Path) -> dict[str, Path]:
     raise CheckpointError(f"{ckpt}: no *.safetensors files (and no model.safetensors.index.json)")
   out = {}
   for f in files:
-    with safe_open(f, framework="flax") as st:
+    with _open(f) as st:
       for k in st.keys():
         out[k] = f
   return out
+
+
+def _open(f: Path):
+  """`safe_open` of one file; a truncated or corrupt file is a CheckpointError naming it."""
+  try:
+    return safe_open(f, framework="flax")
+  except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError/OSError
+    raise CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                          "the download may be incomplete: fetch the file again") from None
 
 
 def read_hf_config(ckpt: Path, **overrides) -> Qwen2Config:
@@ -186,7 +195,7 @@ def _check_keys(cfg: Qwen2Config, files: dict[str, Path]) -> dict[str, tuple[int
   for f, keys in by_file.items():
     if not f.exists():
       raise CheckpointError(f"{f}: listed in the index but does not exist")
-    with safe_open(f, framework="flax") as st:
+    with _open(f) as st:
       for k in keys:
         shape = tuple(st.get_slice(k).get_shape())
         if shape != expected[k]:
@@ -206,9 +215,13 @@ class _Reader:
   def __call__(self, key: str) -> np.ndarray:
     f = self.files[key]
     if f not in self.handles:
-      self.handles[f] = safe_open(f, framework="flax")
-    with jax.default_device(self.cpu):
-      return np.asarray(self.handles[f].get_tensor(key))
+      self.handles[f] = _open(f)
+    try:
+      with jax.default_device(self.cpu):
+        return np.asarray(self.handles[f].get_tensor(key))
+    except Exception as e:  # noqa: BLE001 - a file cut short after its header
+      raise CheckpointError(f"{f}: tensor {key!r} cannot be read ({type(e).__name__}: {e}); "
+                            "the file may be truncated: fetch it again") from None
 
 
 def _get(tree, path):
@@ -272,17 +285,54 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
                                   disable=len(sources) < 50):
     var = _get(abstract, path)
     target = var.get_value()
-    host = np.empty(target.shape, target.dtype)
-    for key, to_ours, _, layer, part in keys:
-      value = to_ours(read(key), cfg)
-      dest = _slot(host, layer, part)
-      if value.shape != dest.shape:  # the table and the model disagree: a bug, not bad input
-        raise AssertionError(f"{path} <- {key}: converted shape {value.shape} != {dest.shape}")
-      dest[...] = value
     sharding = (_get(shardings, path).get_value() if shardings is not None else
                 jax.sharding.SingleDeviceSharding(device))
-    var.set_value(jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx]))
+    var.set_value(_place_shards(path, keys, target.shape, target.dtype, sharding, read, cfg))
   return nnx.merge(graphdef, abstract)
+
+
+def _place_shards(path, keys, shape, dtype, sharding, read, cfg) -> jax.Array:
+  """One parameter as a sharded array, building only the shards this host's devices hold
+  (never the whole parameter: a stacked or fused tensor of 7B is several GB). Each HF tensor
+  (one layer, one part) is read once and the part of it that falls in each distinct local
+  shard is copied there (replicated devices share one buffer)."""
+  by_device = sharding.addressable_devices_indices_map(shape)
+  shards: dict[tuple, tuple[tuple[range, ...], np.ndarray]] = {}
+  device_key = {}
+  for d, idx in by_device.items():
+    idx = tuple(idx) + (slice(None),) * (len(shape) - len(idx))
+    ranges = tuple(range(*sl.indices(n)) for sl, n in zip(idx, shape))
+    k = tuple((r.start, r.stop, r.step) for r in ranges)
+    device_key[d] = k
+    if k not in shards:
+      shards[k] = (ranges, np.empty(tuple(len(r) for r in ranges), dtype))
+  for key, to_ours, _, layer, part in keys:
+    lead = 0 if layer is None else 1  # parameter axes: [layer]? then the HF tensor's axes
+    value = None
+    for ranges, out in shards.values():
+      if layer is not None and layer not in ranges[0]:
+        continue
+      if part is not None and part not in ranges[lead + 1]:
+        continue
+      if value is None:
+        value = to_ours(read(key), cfg)
+      src, dst = [], []
+      if layer is not None:
+        dst.append(ranges[0].index(layer))
+      for axis in range(lead, len(shape)):
+        r = ranges[axis]
+        if part is not None and axis == lead + 1:  # fused tensors: the part's axis
+          dst.append(r.index(part))
+          continue
+        src.append(slice(r.start, r.stop, r.step))
+        dst.append(slice(None))
+      piece = value[tuple(src)]
+      slot = out[tuple(dst)]
+      if piece.shape != slot.shape:  # the table and the model disagree: a bug, not bad input
+        raise AssertionError(f"{path} <- {key}: converted piece {piece.shape} != {slot.shape}")
+      slot[...] = piece
+  arrays = [jax.device_put(shards[device_key[d]][1], d) for d in by_device]
+  return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
 def _host_array(x: jax.Array) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from z1_jax import distributed
 from z1_jax.cli_args import accelerator_name, mesh_spec, positive_int
@@ -12,8 +13,15 @@ def run_train(args) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from z1_jax.config import load_config
   from z1_jax.train.loop import train
+  from z1_jax.train.interrupt import EXIT_CODES
   summary = train(load_config(args.config, args.overrides), args.out)
   print(json.dumps(summary))
+  if summary.get("already_done"):
+    print(f"z1 train: {summary['already_done']}", file=sys.stderr)
+  if summary.get("stopped_by"):
+    print(f"z1 train: stopped by {summary['stopped_by']} after step {summary['step']}, which is "
+          f"saved; rerun the same command to resume", file=sys.stderr)
+    return EXIT_CODES[summary["stopped_by"]]
   return 0
 
 
@@ -48,7 +56,8 @@ def add_parser(sub) -> None:
       description="Compiles the run's real train step ahead of time for a Cloud TPU slice "
       "(libtpu, the tpu extra; no TPU needed) or for N CPU devices, on abstract arguments "
       "(nothing is allocated), and prints per-chip memory against HBM, FLOPs per step, the "
-      "mesh and whether it fits. Extra arguments section.key=value override the config.")
+      "mesh and whether it fits. Extra arguments section.key=value override the config. Exit "
+      "status 0 whether or not the run fits (the answer is `fits`), 2 for bad input.")
   pl.add_argument("--config", required=True,
                   help="TOML run config, e.g. configs/z1-qwen2.5-coder-7b.toml (required)")
   target = pl.add_mutually_exclusive_group(required=True)

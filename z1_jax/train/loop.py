@@ -9,6 +9,7 @@ checkpoint; the settings that shape the trajectory must match the run's (see `_M
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,9 +24,9 @@ from tqdm.auto import tqdm
 from z1_jax.config import ConfigError, RunConfig, model_config, runtime_overrides
 from z1_jax.data.pack import ROW_FIELDS
 from z1_jax.errors import Z1Error
-from z1_jax.paths import as_path
+from z1_jax.paths import as_path, is_uri
 from z1_jax.train.checkpoints import Checkpointer
-from z1_jax.train.metrics import MetricsLog, peak_flops, to_float, to_host, train_flops_per_token
+from z1_jax.train.metrics import MetricsLog, read_metrics, peak_flops, to_float, to_host, train_flops_per_token
 from z1_jax.train.step import build_train_step, check_batch_fits, make_run_mesh
 
 RUN_FILE = "z1_run.json"
@@ -33,7 +34,8 @@ RUN_FILE = "z1_run.json"
 _MAY_CHANGE = {"train.max_steps", "train.eval_every", "train.eval_batches",
                "train.peak_flops_per_device", "checkpoint.every_steps", "checkpoint.keep",
                "checkpoint.async_save", "mesh.data", "mesh.fsdp", "mesh.tensor",
-               "model.remat_policy", "data.cache_dir", "data.eval_dataset", "data.eval_split"}
+               "model.remat_policy", "data.cache_dir", "data.eval_dataset", "data.eval_split",
+               "train.compilation_cache", "train.profile_steps", "train.resume_on_changed_data"}
 # Fields of Qwen2Config that describe the architecture (a preset must agree with HF weights).
 _ARCH = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
          "num_kv_heads", "dim_per_head", "tie_word_embeddings")
@@ -47,32 +49,46 @@ def _flat(d: dict) -> dict[str, object]:
   return {f"{s}.{k}": v for s, body in d.items() for k, v in body.items()}
 
 
-def _check_out_dir(out: Path, cfg: RunConfig) -> bool:
-  """True when `out` holds an earlier run of the same settings (resume), False when it is new
-  or empty. Anything else is refused, before any work."""
+def _check_out_dir(out: Path, cfg: RunConfig) -> dict | None:
+  """The run record of an earlier run of the same settings in `out` (resume), or None when
+  `out` is new, empty, or holds a run that never saved a checkpoint (it failed before step 1
+  was saved: started again with the new settings). Anything else is refused, before any work."""
   if out.exists() and not out.is_dir():
     raise Z1Error(f"--out {out}: exists and is not a directory")
+  if not is_uri(out):
+    for parent in out.parents:
+      if parent.exists():
+        if not parent.is_dir():
+          raise Z1Error(f"--out {out}: {parent} is a file, not a directory")
+        break
   if not out.is_dir() or not any(out.iterdir()):
-    return False
+    return None
   run_file = out / RUN_FILE
   if not run_file.is_file():
     raise Z1Error(f"--out {out}: directory exists, is not empty and holds no {RUN_FILE} (not "
                   "a z1 train run); give a new or empty directory")
   try:
-    before = _flat(json.loads(run_file.read_text())["config"])
+    record = json.loads(run_file.read_text())
+    before = _flat(record["config"])
   except (ValueError, KeyError) as e:
     raise Z1Error(f"{run_file}: unreadable run record ({e})") from None
+  if (out / "metrics.jsonl").exists():
+    read_metrics(out / "metrics.jsonl")  # an unreadable line stops the resume before any work
+  ckpts = out / "checkpoints"
+  if not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+    return None  # no step was ever saved: nothing to resume, nothing to keep consistent with
   now = _flat(cfg.to_dict())
   for key, value in now.items():
     if key not in _MAY_CHANGE and key in before and before[key] != value:
       raise ConfigError(f"{key} = {value!r} differs from the run in {out} ({before[key]!r}); "
                         f"resume with the same value or use a new --out directory")
-  return True
+  return record
 
 
-def _write_run_file(out: Path, cfg: RunConfig) -> None:
+def _write_run_file(out: Path, cfg: RunConfig, data: dict) -> None:
   tmp = out / f".{RUN_FILE}.tmp"
-  tmp.write_text(json.dumps({"config": cfg.to_dict(), "source": cfg.source}, indent=2))
+  tmp.write_text(json.dumps({"config": cfg.to_dict(), "source": cfg.source, "data": data},
+                            indent=2))
   tmp.replace(out / RUN_FILE)
 
 
@@ -130,23 +146,58 @@ def evaluate(ts, params, packed, cfg: RunConfig, mesh: Mesh) -> float:
   return total / max(count, 1)
 
 
+class AlreadyDone(Exception):
+  """Internal: the run is at or past its target; nothing is changed."""
+
+
+def _vocab_check(packed, eval_packed, model_cfg, cfg: RunConfig) -> None:
+  """Token ids must index the model's embedding (else the loss is NaN): before compiling."""
+  top = max(int(p.encoded.tokens.max(initial=0)) for p in (packed, eval_packed) if p is not None)
+  if top >= model_cfg.vocab_size:
+    tok = cfg.data.tokenizer or "the bundled Qwen2.5 tokenizer"
+    model = cfg.model.hf_checkpoint or f"model.preset = {cfg.model.preset!r}"
+    raise ConfigError(f"data.tokenizer ({tok}) produces token id {top}, outside the model's "
+                      f"vocabulary of {model_cfg.vocab_size} ({model}); use the model's own "
+                      "tokenizer or a model with a vocabulary that covers it")
+
+
 def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
           progress: bool = True) -> dict:
-  """Runs (or resumes) training into `out_dir`; returns a summary."""
+  """Runs (or resumes) training into `out_dir`; returns a summary.
+
+  `summary["stopped_by"]` is "SIGINT", "SIGTERM" or "preemption" when a signal stopped the run
+  (the step it reached is saved), None when it ran to its target. A run already at or past its
+  target changes nothing and says so (`summary["already_done"]`)."""
   from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
+  from z1_jax.train.data_identity import check_resume, check_same_on_every_host, fingerprint
+  from z1_jax.train.goodput import Goodput
+  from z1_jax.train.interrupt import StopSignals
+  from z1_jax.train.observe import ProfileWindow, parse_profile_steps, set_up_compilation_cache
+  good = Goodput()
   out = as_path(out_dir)  # a local directory, or gs:// shared by every host of a pod
-  _check_out_dir(out, cfg)  # refuses a foreign or changed run before anything compiles
+  record = _check_out_dir(out, cfg)  # refuses a foreign or changed run before anything compiles
   mesh = mesh if mesh is not None else make_run_mesh(cfg)
   check_batch_fits(cfg, mesh)
   main = jax.process_index() == 0
   t = cfg.train
   ckpt_root = out / "checkpoints"
-  ckpt = Checkpointer(ckpt_root, cfg.checkpoint, create=False) if ckpt_root.is_dir() else None
+  ckpt = Checkpointer(ckpt_root, cfg.checkpoint, create=False) if (
+      record is not None and ckpt_root.is_dir()) else None
   latest = ckpt.latest_step() if ckpt is not None else None
+  if latest is not None and t.max_steps and latest >= t.max_steps:
+    ckpt.close()
+    return _already_done(out, latest, t.max_steps, "train.max_steps")
   model_cfg, hf_dir = _model_config(cfg, ckpt, latest)
 
+  t_data = time.perf_counter()
   packed = load_packed(cfg, progress=main and progress)
   eval_packed = load_packed(cfg, eval_split=True, progress=main and progress)
+  data_id = fingerprint(packed)
+  check_same_on_every_host(data_id)
+  if record is not None:
+    check_resume(record.get("data"), data_id, out / RUN_FILE, t.resume_on_changed_data)
+  good.add("data", time.perf_counter() - t_data)
+  _vocab_check(packed, eval_packed, model_cfg, cfg)
   steps_per_epoch = len(packed) // t.global_batch
   if steps_per_epoch == 0:
     raise ConfigError(f"train.global_batch = {t.global_batch}: the data packs into only "
@@ -156,12 +207,18 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
                       f"micro-batch of {cfg.micro_batch()}")
   total = t.epochs * steps_per_epoch
   target = min(t.max_steps, total) if t.max_steps else total
+  if latest is not None and latest >= target:
+    ckpt.close()
+    return _already_done(out, latest, target, "its length")
+  cache_dir = set_up_compilation_cache(t.compilation_cache, out)
 
   ts = build_train_step(cfg, mesh, model_cfg, total)
   batches = GlobalBatches(packed, PipelineConfig(t.global_batch, t.seed, t.epochs), mesh)
   if latest is not None:
+    t_restore = time.perf_counter()
     state, data_state = ckpt.restore(latest, ts.abstract_state)
     batches.set_state(data_state)
+    good.add("checkpointing", time.perf_counter() - t_restore)
     step = latest
   else:
     if hf_dir is not None:
@@ -177,7 +234,7 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   # All checks passed: from here on the output directory is written.
   if main:
     out.mkdir(parents=True, exist_ok=True)
-    _write_run_file(out, cfg)
+    _write_run_file(out, cfg, data_id)
   if ckpt is not None:
     ckpt.close()
   ckpt = Checkpointer(ckpt_root, cfg.checkpoint)
@@ -185,50 +242,119 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   tokens_per_step = t.global_batch * cfg.data.seq_len
   flops_per_step = train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens_per_step
   peak = peak_flops(mesh.devices.flat, t.peak_flops_per_device)
-  last_saved, last = latest, {}
+  profile = ProfileWindow(parse_profile_steps(t.profile_steps), out / "tb")
+  first_step = step
+  last_saved, last, stopped_by = latest, {}, None
   bar = tqdm(total=target, initial=step, unit="step", desc="train",
              disable=not (main and progress))
+  good.add("startup", time.perf_counter() - good.start - sum(good.seconds.values()))
+  good.add("restarts", log.dropped_step_seconds)
+  t_compile = time.perf_counter()
+  with _quiet_cache_warnings():
+    step_fn = ts.step.lower(*ts.abstract()).compile()
+  good.add("compilation", time.perf_counter() - t_compile)
+
+  def finish(p: dict, write: bool = True) -> dict:
+    """Reads step p's metrics (waits for that step only), checks them, logs them."""
+    nonlocal done_at
+    metrics = jax.tree.map(to_host, p.pop("metrics"))
+    now = time.perf_counter()
+    dt = now - max(done_at, p["dispatched"])
+    done_at = now
+    good.productive += dt
+    loss, grad_norm = to_float(metrics["loss"]), to_float(metrics["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      where = (f"step {last_saved} in {ckpt_root}" if last_saved is not None else
+               "none (no checkpoint was written)")
+      raise TrainingDiverged(f"step {p['step']}: loss = {loss}, grad_norm = {grad_norm} is not "
+                             f"finite; stopped without saving. Last good checkpoint: {where}")
+    row = {"step": p["step"], "loss": loss, "grad_norm": grad_norm,
+           "lr": to_float(metrics["lr"]), "target_tokens": int(metrics["target_tokens"]),
+           "step_time_s": dt, "data_wait_s": p["data_wait_s"],
+           "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak}
+    if write:
+      log.write(row)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}")
+    return row
+
+  def save(at: int) -> None:
+    t0 = time.perf_counter()
+    ckpt.save(at, state, batches.get_state(), model_cfg)
+    good.add("checkpointing", time.perf_counter() - t0)
+
+  pending = None
+  done_at = 0.0
   try:
-    clock = time.perf_counter()
-    while step < target:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        break
-      state, metrics = ts.step(state, {k: batch[k] for k in ROW_FIELDS})
-      metrics = jax.tree.map(to_host, metrics)
-      step += 1
-      now = time.perf_counter()
-      dt, clock = now - clock, now
-      loss, grad_norm = to_float(metrics["loss"]), to_float(metrics["grad_norm"])
-      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        where = (f"step {last_saved} in {ckpt_root}" if last_saved is not None else
-                 "none (no checkpoint was written)")
-        raise TrainingDiverged(f"step {step}: loss = {loss}, grad_norm = {grad_norm} is not "
-                               f"finite; stopped without saving. Last good checkpoint: {where}")
-      last = {"step": step, "loss": loss, "grad_norm": grad_norm,
-              "lr": to_float(metrics["lr"]), "target_tokens": int(metrics["target_tokens"]),
-              "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
-              "mfu": flops_per_step / dt / peak}
-      if step % cfg.checkpoint.every_steps == 0 or step == target:
-        ckpt.save(step, state, batches.get_state(), model_cfg)
+    with StopSignals() as signals:
+      while step < target:
+        t0 = time.perf_counter()
+        try:
+          batch = next(batches)
+        except StopIteration:
+          break
+        wait = time.perf_counter() - t0
+        good.add("data", wait)
+        profile.before(step + 1)
+        dispatched = time.perf_counter()
+        state, metrics = step_fn(state, {k: batch[k] for k in ROW_FIELDS})
+        step += 1
+        if pending is not None:  # the previous step's metrics, read after this one is queued
+          last = finish(pending)
+          profile.after(pending["step"])
+        pending = {"step": step, "metrics": metrics, "dispatched": dispatched,
+                   "data_wait_s": wait}
+        stopped_by = signals.stop_reason(step, ckpt.manager)
+        is_eval = eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
+                                               step == target)
+        if step % cfg.checkpoint.every_steps == 0 or step == target or is_eval or stopped_by:
+          last = finish(pending, write=not is_eval)  # checked finite before it is saved
+          profile.after(step)
+          pending = None
+          if step % cfg.checkpoint.every_steps == 0 or step == target or stopped_by:
+            save(step)
+            last_saved = step
+          if is_eval:
+            t_eval = time.perf_counter()
+            last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
+            good.add("eval", time.perf_counter() - t_eval)
+            log.write(last)
+          done_at = time.perf_counter()
+        if stopped_by:
+          break
+      if pending is not None:
+        last = finish(pending)
+        profile.after(pending["step"], force=True)
+        pending = None
+      if step != last_saved and step > 0:
+        save(step)
         last_saved = step
-      if eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
-                                      step == target):
-        last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
-      log.write(last)
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{last['lr']:.2e}")
-      clock = time.perf_counter() if "eval_loss" in last else clock
-    if step != last_saved and step > 0:
-      ckpt.save(step, state, batches.get_state(), model_cfg)
-      last_saved = step
   finally:
+    profile.after(step, force=True)
     bar.close()
+    t_close = time.perf_counter()
     ckpt.close()
+    good.add("checkpointing", time.perf_counter() - t_close)
+    report = good.report(step - first_step, first_step)
+    log.write_event(report)
     log.close()
   return {"out": str(out), "step": step, "target_steps": target, "resumed_from": latest,
           "last_checkpoint": last_saved, "loss": last.get("loss"),
           "eval_loss": last.get("eval_loss"), "params": model_cfg.num_params(),
-          "devices": int(mesh.devices.size), "mesh": dict(mesh.shape)}
+          "devices": int(mesh.devices.size), "mesh": dict(mesh.shape),
+          "stopped_by": stopped_by, "goodput": report, "compilation_cache": cache_dir}
 
+
+def _already_done(out: Path, latest: int, target: int, what: str) -> dict:
+  message = (f"the run in {out} is already at step {latest}, at or past {what} ({target}): "
+             "nothing to do, nothing changed (raise train.max_steps or train.epochs to go on)")
+  return {"out": str(out), "step": latest, "target_steps": target, "resumed_from": latest,
+          "last_checkpoint": latest, "already_done": message, "stopped_by": None}
+
+
+@contextlib.contextmanager
+def _quiet_cache_warnings():
+  import warnings
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*persistent compilation cache.*")
+    yield

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from z1_jax.errors import Z1Error
 from z1_jax.model.config import Qwen2Config
 from z1_jax.paths import is_uri
 
@@ -68,6 +70,29 @@ def peak_flops(devices=None, override_per_device: float = 0.0) -> float:
   return measured_matmul_flops(4096, "bfloat16") * len(devices)
 
 
+def read_metrics(path: Path, warn: bool = False) -> list[tuple[str, dict]]:
+  """(line, object) of each line of a run's `metrics.jsonl`. A torn last line (a process killed
+  while writing it) is dropped; any other unreadable line is a Z1Error naming file and line."""
+  lines = path.read_text().splitlines()
+  out = []
+  for n, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      if n == len(lines):
+        if warn:
+          print(f"z1: dropping the torn last line {n} of {path}", file=sys.stderr)
+        continue
+      raise Z1Error(f"{path}: line {n} is not JSON ({line[:80]!r}); fix or delete that line "
+                    "to resume") from None
+    if not isinstance(row, dict):
+      raise Z1Error(f"{path}: line {n} is not a JSON object")
+    out.append((line, row))
+  return out
+
+
 class MetricsLog:
   """`metrics.jsonl` (one object per step, flushed) and TensorBoard events; process 0 only.
 
@@ -80,6 +105,7 @@ class MetricsLog:
     self.enabled = enabled
     self.path = out_dir / "metrics.jsonl"
     self.tb = None
+    self.dropped_step_seconds = 0.0
     if not enabled:
       return
     self._truncate_after(resume_step)
@@ -92,14 +118,31 @@ class MetricsLog:
       self.file = open(self.path, "a", encoding="utf-8")
 
   def _truncate_after(self, step: int) -> None:
-    """Drops lines of steps after the resumed one (work that the restart redoes)."""
+    """Drops lines of steps after the resumed one (work that the restart redoes; their step
+    time is `dropped_step_seconds`, the goodput's restart badput). A torn last line (a process
+    killed while writing it) is dropped too; any other unreadable line is an error naming it."""
+    self.dropped_step_seconds = 0.0
     if not self.path.exists():
       return
-    keep = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line, row in read_metrics(self.path, warn=True):
+      if row.get("step", 0) <= step:
+        keep.append(line)
+      else:
+        self.dropped_step_seconds += float(row.get("step_time_s") or 0.0)
     tmp = self.path.with_name(f".{self.path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(self.path)
+
+  def write_event(self, row: dict) -> None:
+    """A line that is not a step (the goodput report): JSONL only, no TensorBoard scalar."""
+    if not self.enabled:
+      return
+    if self.remote:
+      self.lines.append(json.dumps(row) + "\n")
+    else:
+      self.file.write(json.dumps(row) + "\n")
+      self.file.flush()
 
   def write(self, row: dict) -> None:
     if not self.enabled:

@@ -50,7 +50,8 @@ class Plan:
   temp_bytes: int | None  # activations, gradients, scratch
   total_bytes: int | None  # arguments + outputs - aliased + temporaries
   peak_bytes: int | None  # the compiler's own peak estimate (TPU)
-  required_bytes: int | None  # from RESOURCE_EXHAUSTED, when it does not fit
+  required_bytes: int | None  # does not fit: arguments + what the compiler says it needs
+  required_temp_bytes: int | None  # does not fit: the compiler's figure (HLO temporaries)
   flops_per_step: float  # model FLOPs (6N + attention), no remat recompute
   peak_flops: float  # all chips together, bf16 dense
   compile_s: float  # wall clock
@@ -92,7 +93,9 @@ class Plan:
                    f"{gib(self.temp_bytes)}; total {gib(self.total_bytes)}"
                    + (f", compiler peak {gib(self.peak_bytes)}" if self.peak_bytes else ""))
     if self.required_bytes is not None:
-      lines.append(f"per chip        needs {gib(self.required_bytes)} (compiler)")
+      lines.append(f"per chip        needs {gib(self.required_bytes)}: arguments "
+                   f"{gib(self.arguments_bytes)} (parameters, optimizer state, batch) + "
+                   f"temporaries {gib(self.required_temp_bytes)} (the compiler's figure)")
     verdict = "yes" if self.fits else "NO"
     if self.error and not self.fits:
       verdict += f": {self.error}"
@@ -142,6 +145,17 @@ def required_from_message(message: str) -> tuple[int | None, int | None]:
     if m:
       return _bytes(m.group(1), m.group(2)), _bytes(m.group(3), m.group(4))
   return None, None
+
+
+def argument_bytes(tree) -> int:
+  """Bytes per device of sharded `ShapeDtypeStruct`s (the most any one device holds)."""
+  import jax
+  import numpy as np
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    total += int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+  return total
 
 
 def _impl_name(impl: str, platform: str, seq_len: int) -> str:
@@ -224,7 +238,7 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
   import resource
   usage = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
   start, start_cpu = time.perf_counter(), usage()
-  error = required = None
+  error = required = temps = None
   memory = None
   try:
     from z1_jax.topology import quiet_libtpu
@@ -238,12 +252,17 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
     error = message.strip().splitlines()[0][:400]
     required, available = required_from_message(message)
     hbm = available or hbm
+    temps = required
+    if required is not None and "HLO temporaries" in message:
+      required = required + argument_bytes(ts.abstract())
   compile_s, compile_cpu_s = time.perf_counter() - start, usage() - start_cpu
 
   tokens = cfg.train.global_batch * cfg.data.seq_len
   figures: dict[str, Any] = dict(arguments_bytes=None, outputs_bytes=None, alias_bytes=None,
                                  temp_bytes=None, total_bytes=None, peak_bytes=None)
   fits = memory is not None
+  if memory is None and required is not None:
+    figures["arguments_bytes"] = argument_bytes(ts.abstract())
   if memory is not None:
     figures = dict(arguments_bytes=memory.argument_size_in_bytes,
                    outputs_bytes=memory.output_size_in_bytes,
@@ -255,7 +274,7 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
       fits = figures["total_bytes"] <= hbm
   return Plan(
       target=target, device_kind=pool[0].device_kind, chips=n, mesh=dict(shape), fits=fits,
-      hbm_bytes=int(hbm), required_bytes=required, **figures,
+      hbm_bytes=int(hbm), required_bytes=required, required_temp_bytes=temps, **figures,
       flops_per_step=train_flops_per_token(model_cfg, cfg.data.seq_len) * tokens,
       peak_flops=peak_flops(pool),
       compile_s=compile_s, compile_cpu_s=compile_cpu_s, seq_len=cfg.data.seq_len, global_batch=cfg.train.global_batch,
