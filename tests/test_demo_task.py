@@ -7,8 +7,9 @@ import json
 import pytest
 
 from z1_jax.data.format import ANSWER_TRIGGER, render_prompt, render_target
-from z1_jax.demo.task import (ChainTask, chance_level, count_tokens, extract_answer, generate,
-                              program_text, run_program, trace_text)
+from z1_jax.demo.task import (START_MAX, START_MIN, ChainTask, chance_level, count_tokens,
+                              distinct_programs, extract_answer, generate, held_out,
+                              long_trajectory, program_text, run_program, trace_text)
 
 
 def test_program_trace_and_answer_by_execution():
@@ -20,17 +21,17 @@ def test_program_trace_and_answer_by_execution():
 
 
 def test_rows_schema_kinds_and_answers():
-  task = ChainTask()
+  task = ChainTask(direct_max_steps=2)  # the default answers none at once; the option still works
   rows = generate(3000, task, seed=1)
   kinds = collections.Counter(r["kind"] for r in rows)
-  assert abs(kinds["direct"] / 3000 - 0.25) < 0.03 and abs(kinds["cut"] / 3000 - 0.3) < 0.03
+  assert abs(kinds["direct"] / 3000 - 1 / 3) < 0.03 and abs(kinds["cut"] / 3000 - 0.3) < 0.03
   for r in rows:
     assert set(r) == {"question", "response", "answer", "steps", "kind"}
     json.dumps(r)
     ops = [int(s[3:]) * (1 if s[1] == "+" else -1) for s in r["question"].split(";")[1:-1]]
     start = int(r["question"].split(";")[0][2:])
     assert len(ops) == r["steps"] and task.min_steps <= r["steps"] <= task.max_steps
-    assert all(1 <= abs(k) <= task.max_k for k in ops)
+    assert all(1 <= abs(k) <= task.max_k for k in ops) and START_MIN <= start <= START_MAX
     assert r["answer"] == run_program(r["question"]) == (start + sum(ops)) % 10
     trace = trace_text(start, ops)
     assert extract_answer(r["response"]) == r["answer"]
@@ -43,8 +44,8 @@ def test_rows_schema_kinds_and_answers():
       assert trace.startswith(before) and len(before) < len(trace)
       assert after == f"answer: {r['answer']}"
   assert generate(50, task, seed=1) == rows[:50]  # deterministic in the seed
-  held_out = generate(200, task, seed=2, exclude={r["question"] for r in rows})
-  assert not {r["question"] for r in held_out} & {r["question"] for r in rows}
+  held = generate(200, task, seed=2, exclude={r["question"] for r in rows})
+  assert not {r["question"] for r in held} & {r["question"] for r in rows}
 
 
 def test_extract_answer_and_chance_level():
@@ -55,13 +56,13 @@ def test_extract_answer_and_chance_level():
   answers = [r["answer"] for r in generate(2000, seed=3)]
   assert 0.1 <= chance_level(answers) < 0.14  # + and - keep answers near uniform over 0..9
   with pytest.raises(ValueError):
-    ChainTask(cut_fraction=0.9)
+    ChainTask(direct_max_steps=2, cut_fraction=0.9)  # more cut rows than traced programs
 
 
 def test_tokenizer_renders_z1_format_and_the_trigger(tmp_path):
   from z1_jax.data.tokenizer import load_tokenizer
   from z1_jax.demo.tokenizer import save_tokenizer, train_tokenizer
-  rows = generate(400, seed=4)
+  rows = generate(400, ChainTask(direct_max_steps=2), seed=4)
   texts = [render_prompt(r["question"]) + render_target(r["response"]) for r in rows]
   tok = load_tokenizer(str(save_tokenizer(train_tokenizer(texts, vocab_size=320),
                                           tmp_path / "tok")))
@@ -82,3 +83,40 @@ def test_tokenizer_renders_z1_format_and_the_trigger(tmp_path):
     assert ids[len(before):len(before) + len(trigger)] == trigger
   counted = count_tokens(rows[:5], tok)
   assert all(r["token_num_demo"] == len(tok(r["response"])["input_ids"]) for r in counted)
+
+
+def test_long_recipe_same_programs_long_trajectory_for_every_program():
+  task = ChainTask()
+  z1, long = generate(600, task, seed=5), generate(600, task, seed=5, recipe="long")
+  assert [r["question"] for r in z1] == [r["question"] for r in long]  # same programs
+  assert {r["kind"] for r in long} == {"trace", "cut"}  # no program is answered at once
+  for r in long:
+    ops = [int(s[3:]) * (1 if s[1] == "+" else -1) for s in r["question"].split(";")[1:-1]]
+    start = int(r["question"].split(";")[0][2:])
+    trajectory = long_trajectory(start, ops, task.max_steps)
+    trace = trace_text(start, ops)
+    # the trace on a page of fixed size, then the re-check pass: the trace again
+    assert trajectory == trace + "\n" * (4 * (task.max_steps - len(ops)) + 1) + trace
+    if r["kind"] == "trace":
+      assert r["response"] == f"{trajectory}\nanswer: {r['answer']}"
+    else:
+      before, after = r["response"].split(ANSWER_TRIGGER)
+      assert trajectory.startswith(before) and after == f"answer: {r['answer']}"
+  with pytest.raises(ValueError, match="recipe"):
+    generate(1, task, recipe="short")
+
+
+def test_held_out_has_every_statement_count_equally_and_is_disjoint():
+  task = ChainTask()
+  rows = held_out(40, task, seed=1)
+  counts = collections.Counter(r["steps"] for r in rows)
+  assert counts == {s: 40 for s in range(task.min_steps, task.max_steps + 1)}
+  assert len({r["question"] for r in rows}) == len(rows)
+  assert all(r["answer"] == run_program(r["question"]) for r in rows)
+  # easy programs are numerous enough to hold 40 out and still train on most of them
+  assert distinct_programs(task, 1) == 540 == len({
+      r["question"] for r in generate(20000, task, seed=0) if r["steps"] == 1} | {
+      r["question"] for r in held_out(270, task, seed=3) if r["steps"] == 1})
+  train = generate(3000, task, seed=0, exclude={r["question"] for r in rows})
+  assert not {r["question"] for r in train} & {r["question"] for r in rows}
+  assert sum(r["steps"] == 1 for r in train) > 400  # 1-statement programs still train

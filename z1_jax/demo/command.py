@@ -25,9 +25,11 @@ def add_parser(sub) -> None:
                     help="config overrides, e.g. train.max_steps=50")
   demo.add_argument("--train-examples", type=positive_int, default=8000,
                     help="training programs to generate (default 8000)")
-  demo.add_argument("--eval-examples", type=positive_int, default=200,
-                    help="held-out programs in the sweep (default 200)")
+  demo.add_argument("--eval-examples", type=positive_int, default=240,
+                    help="held-out programs in the sweep, the same number for every statement "
+                    "count (a multiple of 6; default 240)")
   demo.add_argument("--budgets", type=int_list, default=None,
-                    help="thinking budgets, trigger included (default 16,24,32,40,56)")
+                    help="thinking budgets, trigger included "
+                    "(default 16,20,24,28,32,40,48,56,64,80)")
   demo.add_argument("--seed", type=non_negative_int, default=0, help="task seed (default 0)")
   demo.set_defaults(fn=run)

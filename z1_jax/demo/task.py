@@ -18,12 +18,24 @@ first-order signal, and the z1-demo model, which had learned to copy every state
 at chance on the values (loss flat at 0.43 from step 300 to 690, when the run was stopped);
 with 1..3 the next value lies near the previous one and it learns the arithmetic from about
 step 300. Answers after several steps stay near uniform (chance level about 12%).
-Three kinds of rows, the way Z1 mixes short and long reasoning:
-  direct  programs of at most `direct_max_steps` statements, answered at once: `answer: 3`
-  trace   the whole trace, then the answer line: `8+3=1-2=9+1=0\\nanswer: 0`
-  cut     the trace cut at a random point by `ANSWER_TRIGGER`, then the true answer line. A
-          model trained from scratch has never seen the trigger (an instruct model has read
-          text like it): these rows teach it to answer right after the trigger.
+Start values have two digits (10..99; the trace then works modulo 10), so even the
+1-statement programs are numerous (540) and `held_out` can hold out the same number of programs
+for every statement count without evaluating on training programs.
+Two recipes over the same programs (the demo trains one model on each):
+  z1      a trace whose length follows the statement count: `58+3=1-2=9\nanswer: 9`
+          (`direct_max_steps` > 0 answers programs that short at once, `answer: 9`, as Z1 does
+          for easy problems; the default is 0 because the z1-demo model answering 1- and
+          2-statement programs at once got 0% and 10% of held-out ones right after 400 steps,
+          while it traced 3..6-statement programs 100% right)
+  long    every program, easy or hard, gets a long trajectory, as R1-style distilled models
+          reason: the trace written on a page of fixed size (padded with newlines like the
+          programs), then a re-check pass (the trace again), then the answer. The padding keeps
+          re-check step i at one fixed distance from trace step i (see above for why that
+          matters to a tiny model); it makes the trajectory nearly flat in the statement count
+Rows of either recipe may instead be *cut*: the thinking cut at a random point by
+`ANSWER_TRIGGER`, then the true answer line (`cut_fraction` of all rows, in both recipes: a
+model trained from scratch has never seen the trigger, and without these rows neither model
+could answer at all when a budget cuts it). Kinds: `direct`, `trace`, `cut`.
 Every row carries `question`, `response` and `token_num_demo` (the response's length in the
 demo tokenizer, the role `token_num_qwen` plays in Z1-Code-Reasoning-107K), plus `answer`
 (from running the program), `steps` and `kind`.
@@ -45,6 +57,10 @@ MODULUS = 10
 ANSWER_PREFIX = "answer: "
 _ANSWER = re.compile(re.escape(ANSWER_PREFIX) + r"(\d+)")
 KINDS = ("direct", "trace", "cut")
+RECIPES = ("z1", "long")
+# Two-digit start values: 90 of them, so even 1-statement programs (540) are numerous enough
+# to hold some out; the trace starts with the start value, then works modulo 10.
+START_MIN, START_MAX = 10, 99
 # Tokens per statement: `;` `x` `+=` `7` in the program, `+` `7` `=` `0` in the trace. Programs
 # are padded with one blank line per token of a missing statement, so every program has the
 # same length and statement i sits at the same distance from trace step i in every example.
@@ -54,14 +70,17 @@ PAD_PER_STEP = 4
 @dataclasses.dataclass(frozen=True)
 class ChainTask:
   min_steps: int = 1
-  max_steps: int = 8
-  direct_max_steps: int = 2  # programs this short are answered without a trace
+  max_steps: int = 6
+  # Programs this short are answered without a trace. 0: every program gets its trace (its
+  # length follows the statement count); see the module docstring for why.
+  direct_max_steps: int = 0
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
   max_k: int = 3  # statements +1..+max_k and -1..-max_k
 
   def __post_init__(self):
-    if not 1 <= self.min_steps <= self.direct_max_steps < self.max_steps:
-      raise ValueError(f"{self}: need 1 <= min_steps <= direct_max_steps < max_steps")
+    if not (1 <= self.min_steps < self.max_steps and 0 <= self.direct_max_steps < self.max_steps):
+      raise ValueError(f"{self}: need 1 <= min_steps < max_steps, 0 <= direct_max_steps < "
+                       "max_steps")
     if not 1 <= self.max_k < MODULUS:
       raise ValueError(f"max_k={self.max_k}: expected 1..{MODULUS - 1}")
     hard = self.hard_fraction
@@ -73,7 +92,7 @@ class ChainTask:
   def hard_fraction(self) -> float:
     """Fraction of programs longer than `direct_max_steps` (step counts are uniform)."""
     span = self.max_steps - self.min_steps + 1
-    return (self.max_steps - self.direct_max_steps) / span
+    return (self.max_steps - max(self.direct_max_steps, self.min_steps - 1)) / span
 
 
 def program_text(start: int, ops: list[int], max_steps: int) -> str:
@@ -109,36 +128,93 @@ def extract_answer(text: str) -> int | None:
   return int(found[-1]) if found else None
 
 
-def make_row(rng: np.random.Generator, task: ChainTask) -> dict:
-  steps = int(rng.integers(task.min_steps, task.max_steps + 1))
-  start = int(rng.integers(0, MODULUS))
+def sample_program(rng: np.random.Generator, task: ChainTask,
+                   steps: int | None = None) -> tuple[int, list[int]]:
+  """(start, ops): a two-digit start value and `steps` statements (uniform when None)."""
+  if steps is None:
+    steps = int(rng.integers(task.min_steps, task.max_steps + 1))
+  start = int(rng.integers(START_MIN, START_MAX + 1))
   ops = [int(k) * (1 if rng.random() < 0.5 else -1)
          for k in rng.integers(1, task.max_k + 1, steps)]
+  return start, ops
+
+
+def long_trajectory(start: int, ops: list[int], max_steps: int) -> str:
+  """The long recipe's thinking: the trace written on a page of fixed size (padded with one
+  newline per token of a missing statement, as programs are), then a re-check pass: the trace
+  again. Step i of the re-check sits at one fixed distance from step i of the first pass and
+  from statement i, whatever the program's length."""
+  trace = trace_text(start, ops)
+  return trace + "\n" * (PAD_PER_STEP * (max_steps - len(ops)) + 1) + trace
+
+
+def response_for(start: int, ops: list[int], answer: int, recipe: str, task: ChainTask,
+                 rng: np.random.Generator) -> tuple[str, str]:
+  """(kind, response) for one program under `recipe` (see the module docstring)."""
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+  if recipe == "z1":
+    if len(ops) <= task.direct_max_steps:
+      return "direct", answer_line(answer)
+    thinking, cut_p = trace_text(start, ops), task.cut_fraction / task.hard_fraction
+  else:
+    thinking, cut_p = long_trajectory(start, ops, task.max_steps), task.cut_fraction
+  if rng.random() < cut_p:
+    cut = int(rng.integers(0, len(thinking)))  # any point: a budget ends mid-step too
+    return "cut", thinking[:cut] + ANSWER_TRIGGER + answer_line(answer)
+  return "trace", f"{thinking}\n{answer_line(answer)}"
+
+
+def make_row(rng: np.random.Generator, task: ChainTask, recipe: str = "z1",
+             steps: int | None = None) -> dict:
+  start, ops = sample_program(rng, task, steps)
   question = program_text(start, ops, task.max_steps)
   answer = run_program(question)
-  if steps <= task.direct_max_steps:
-    kind, response = "direct", answer_line(answer)
-  else:
-    trace = trace_text(start, ops)
-    if rng.random() < task.cut_fraction / task.hard_fraction:
-      cut = int(rng.integers(0, len(trace)))  # any point: a budget ends mid-step too
-      kind, response = "cut", trace[:cut] + ANSWER_TRIGGER + answer_line(answer)
-    else:
-      kind, response = "trace", f"{trace}\n{answer_line(answer)}"
-  return {"question": question, "response": response, "answer": answer, "steps": steps,
+  kind, response = response_for(start, ops, answer, recipe, task, rng)
+  return {"question": question, "response": response, "answer": answer, "steps": len(ops),
           "kind": kind}
 
 
 def generate(n: int, task: ChainTask = ChainTask(), seed: int = 0,
-             exclude: set[str] | frozenset[str] = frozenset()) -> list[dict]:
-  """`n` rows, deterministic in `seed`; questions in `exclude` (e.g. training) are skipped."""
-  rng = np.random.default_rng(seed)
+             exclude: set[str] | frozenset[str] = frozenset(), recipe: str = "z1") -> list[dict]:
+  """`n` rows, deterministic in `seed`; questions in `exclude` (e.g. held-out) are skipped.
+  The programs depend on `seed` only, not on `recipe`: both recipes see the same programs."""
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+  programs = np.random.default_rng(seed)
+  responses = np.random.default_rng([seed, RECIPES.index(recipe)])
   rows: list[dict] = []
   while len(rows) < n:
-    row = make_row(rng, task)
-    if row["question"] not in exclude:
-      rows.append(row)
+    start, ops = sample_program(programs, task)
+    question = program_text(start, ops, task.max_steps)
+    if question in exclude:
+      continue
+    answer = run_program(question)
+    kind, response = response_for(start, ops, answer, recipe, task, responses)
+    rows.append({"question": question, "response": response, "answer": answer,
+                 "steps": len(ops), "kind": kind})
   return rows
+
+
+def held_out(per_step: int, task: ChainTask = ChainTask(), seed: int = 1) -> list[dict]:
+  """Evaluation programs: `per_step` distinct programs for every statement count from
+  `min_steps` to `max_steps` (question, answer, steps; no response), in statement-count order."""
+  rng = np.random.default_rng(seed)
+  rows: list[dict] = []
+  for steps in range(task.min_steps, task.max_steps + 1):
+    seen: set[str] = set()
+    while len(seen) < per_step:
+      start, ops = sample_program(rng, task, steps)
+      question = program_text(start, ops, task.max_steps)
+      if question not in seen:
+        seen.add(question)
+        rows.append({"question": question, "answer": run_program(question), "steps": steps})
+  return rows
+
+
+def distinct_programs(task: ChainTask, steps: int) -> int:
+  """How many different programs have `steps` statements."""
+  return (START_MAX - START_MIN + 1) * (2 * task.max_k) ** steps
 
 
 def eval_rows(rows: list[dict]) -> list[dict]:
