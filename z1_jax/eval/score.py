@@ -69,7 +69,7 @@ def sample_id(row: dict, where: str, id_field: str | None = None) -> str:
   for key in ((id_field,) if id_field else ()) + ID_FIELDS:
     if key in row:
       return str(row[key])
-  raise ValueError(f"{where}: no id field (one of {((id_field,) if id_field else ()) + ID_FIELDS})")
+  raise Z1Error(f"{where}: no id field (one of {((id_field,) if id_field else ()) + ID_FIELDS})")
 
 
 def _done(value) -> cf.Future:
@@ -192,9 +192,9 @@ class Scorer:
       where = f"{source}: row {i}"
       sid = sample_id(row, where, id_field)
       if sid not in self.problems:
-        raise ValueError(f"{where}: id {sid!r} is not a problem of this benchmark")
+        raise Z1Error(f"{where}: id {sid!r} is not a problem of this benchmark")
       if not isinstance(row.get("completion"), str):
-        raise ValueError(f"{where}: 'completion' missing or not a string")
+        raise Z1Error(f"{where}: 'completion' missing or not a string")
       ids.append(sid)
     futures = {self.submit(sid, row["completion"]): i
                for i, (sid, row) in enumerate(zip(ids, samples))}

@@ -259,8 +259,11 @@ def run_script(sha: str, config_name: str, out: str, overrides: list[str]) -> st
       f'if [ -f "{REMOTE_PID}" ] && kill -0 "$(cat "{REMOTE_PID}")" 2>/dev/null; then '
       'echo "$(hostname): z1 train is already running; z1 launch stop first" >&2; exit 1; fi',
       f'if [ -f "{REMOTE_LOG}" ]; then mv "{REMOTE_LOG}" "{REMOTE_LOG}.$(date +%s)"; fi',
-      f'nohup "{REMOTE_VENV}/bin/z1" train --config {train} > "{REMOTE_LOG}" 2>&1 < /dev/null '
-      f'& echo $! > "{REMOTE_PID}"',
+      # setsid: the trainer leads its own process group, which `stop` signals as a whole. A
+      # background job inherits SIGINT as ignored; `z1` installs its own handler at start
+      # (z1_jax.signals), so the stop script's SIGINT reaches it anyway.
+      f'nohup setsid "{REMOTE_VENV}/bin/z1" train --config {train} > "{REMOTE_LOG}" 2>&1 '
+      f'< /dev/null & echo $! > "{REMOTE_PID}"',
       f'echo "$(hostname): started z1 train (pid $(cat "{REMOTE_PID}"))"',
   ]
   return "; ".join(lines)  # one line: every printed gcloud command is one line
@@ -274,9 +277,20 @@ def _running(then: str, otherwise: str) -> str:
 STATUS_SCRIPT = (_running('echo "$(hostname): z1 train running (pid $(cat "' + REMOTE_PID + '"))"',
                           'echo "$(hostname): z1 train not running"')
                  + f'; tail -n 2 "{REMOTE_LOG}" 2>/dev/null || true')
-# SIGINT: the trainer handles it like Ctrl-C (saves, then exits).
-STOP_SCRIPT = _running('kill -INT "$(cat "' + REMOTE_PID + '")" && echo "$(hostname): sent SIGINT '
-                       'to z1 train"', 'echo "$(hostname): z1 train not running"')
+# How long `stop` waits for the trainer to exit after SIGINT (it finishes the step and saves).
+STOP_WAIT_S = 900
+_ALIVE = ('{ kill -0 "$pid" 2>/dev/null && '
+          '[ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; }')  # a zombie has exited
+# SIGINT to the trainer's process group (the trainer handles it like Ctrl-C), then wait until
+# it has exited: "stopped" is printed only then; still running after STOP_WAIT_S is exit 1.
+STOP_SCRIPT = _running(
+    f'pid="$(cat "{REMOTE_PID}")"; kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid"; '
+    'echo "$(hostname): sent SIGINT to z1 train (pid $pid); waiting for it to exit"; '
+    f'i=0; while {_ALIVE} && [ "$i" -lt {STOP_WAIT_S} ]; do sleep 1; i=$((i+1)); done; '
+    f'if {_ALIVE}; then echo "$(hostname): z1 train (pid $pid) is still running after '
+    f'{STOP_WAIT_S}s; run stop again, or kill -TERM $pid" >&2; exit 1; fi; '
+    f'rm -f "{REMOTE_PID}"; echo "$(hostname): z1 train stopped"',
+    'echo "$(hostname): z1 train not running"')
 
 
 def logs_script(lines: int, follow: bool) -> str:
