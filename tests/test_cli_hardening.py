@@ -551,3 +551,89 @@ def test_launch_stop_really_stops_the_trainer(tmp_path):
   assert not (home / "z1-jax" / "train.pid").exists()
   assert "not running" in sh(tpu.STOP_SCRIPT).stdout
   assert "not running" in sh(tpu.STATUS_SCRIPT).stdout
+
+
+def test_missing_bubblewrap_is_exit_2_with_the_fix(world, tmp_path, monkeypatch, capsys):
+  import z1_jax.eval.sandbox as sandbox
+  monkeypatch.setattr(sandbox, "bwrap_works", lambda *a, **k: False)
+  out = tmp_path / "v.jsonl"
+  before = tree_digest(tmp_path)
+  rc = main(["score", "--benchmark", "humaneval", "--samples", str(world["samples"]), "--out",
+             str(out), "--workers", "1"])
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  assert "bubblewrap" in err and "apt-get install bubblewrap" in err and "unexpected" not in err
+  assert tree_digest(tmp_path) == before
+
+
+# --- scoring traps ---------------------------------------------------------------------------
+
+def _add_problem(benchmark="humaneval", pid="t/0"):
+  from z1_jax.eval.benchmarks import Problem
+  prompt = 'def add(a, b):\n    """a + b"""\n'
+  return Problem(id=pid, benchmark=benchmark, kind="code", question=prompt,
+                 tests={"style": "humaneval", "prompt": prompt, "entry_point": "add",
+                        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"})
+
+
+def test_solution_is_the_block_defining_the_entry_point_not_the_usage_example():
+  from z1_jax.eval.code import program_for, solution_block
+  p = _add_problem()
+  solution = "def add(a, b):\n    return a + b\n"
+  completion = f"```python\n{solution}```\nUsage:\n```python\nprint(add(1, 2))\n```\n"
+  assert solution_block(p, completion) == solution
+  assert program_for(p, completion).endswith(solution)
+  # nothing defines the entry point: the last block, as before
+  assert solution_block(p, "```python\nx = 1\n```\n```python\ny = 2\n```") == "y = 2\n"
+  lcb = dataclasses_replace(p, tests={"style": "functional", "func_name": "f"})
+  cls = "class Solution:\n    def f(self):\n        return 1\n"
+  assert solution_block(lcb, f"```python\n{cls}```\n```python\nprint(Solution().f())\n```") == cls
+
+
+def dataclasses_replace(obj, **kw):
+  import dataclasses
+  return dataclasses.replace(obj, **kw)
+
+
+def test_humaneval_answer_with_a_usage_block_passes():
+  from z1_jax.eval.score import Scorer
+  scorer = Scorer([_add_problem()], workers=1)
+  try:
+    verdict = scorer.score_one(_add_problem(), "```python\ndef add(a, b):\n    return a + b\n```"
+                               "\n```python\nprint(add(1, 2))\n```")
+  finally:
+    scorer.close()
+  assert verdict["passed"] is True, verdict
+
+
+@pytest.mark.parametrize("text, letter", [("the answer is a consequence of symmetry", None),
+                                          ("answer: b", None), ("Answer: B", "B"),
+                                          ("so the answer is (C).", "C"), ("**Answer:** D", "D"),
+                                          ("\\boxed{a}", "A")])
+def test_multiple_choice_letter_only_capitals_in_an_answer_position(text, letter):
+  from z1_jax.eval.extract import mc_letter
+  assert mc_letter(text) == letter
+
+
+def test_scorer_keys_problems_by_benchmark_and_id():
+  """Two benchmarks whose ids are both row numbers: each answer is graded against its own."""
+  from z1_jax.eval.benchmarks import Problem
+  from z1_jax.errors import Z1Error
+  from z1_jax.eval.score import Scorer
+  a = Problem(id="0", benchmark="mine-a", kind="math", question="1+1", answer="2")
+  b = Problem(id="0", benchmark="mine-b", kind="math", question="2+2", answer="4")
+  scorer = Scorer([a, b], workers=1, math_timeout_s=10)
+  try:
+    assert scorer.score_one(a, "\\boxed{2}")["passed"] is True
+    assert scorer.score_one(b, "\\boxed{2}")["passed"] is False  # not a's cached verdict
+    assert scorer.score_one(b, "\\boxed{4}")["passed"] is True
+    with pytest.raises(Z1Error, match="several benchmarks"):
+      scorer.submit("0", "\\boxed{2}")
+  finally:
+    scorer.close()
+
+
+def test_one_source_for_id_fields():
+  from z1_jax.eval import benchmarks, score
+  assert score.ID_FIELDS is benchmarks.ID_FIELDS
+  assert set(benchmarks.ID_FIELD.values()) <= set(score.ID_FIELDS)

@@ -262,6 +262,9 @@ LOADERS: dict[str, Callable[..., list[Problem]]] = {
 ID_FIELD = {"humaneval": "task_id", "aime2024": "id", "aime2025": "id", "math500-mmath": "id",
             "math500": "unique_id", "gpqa-diamond": "Record ID", "livecodebench": "question_id",
             "bigcodebench-hard": "task_id"}
+# Every id field a samples file may use (the benchmarks' own, then the common "problem_id"):
+# `score.sample_id` tries them in this order when the benchmark's own field is absent.
+ID_FIELDS = tuple(dict.fromkeys((*ID_FIELD.values(), "problem_id")))
 
 
 def load_benchmark(name: str, **kwargs) -> list[Problem]:
