@@ -637,3 +637,35 @@ def test_one_source_for_id_fields():
   from z1_jax.eval import benchmarks, score
   assert score.ID_FIELDS is benchmarks.ID_FIELDS
   assert set(benchmarks.ID_FIELD.values()) <= set(score.ID_FIELDS)
+
+
+# --- z1 launch: zones and local datasets -----------------------------------------------------
+
+LAUNCH = ["launch", "tpu", "--name", "z1-run", "--accelerator", "v5p-64", "--out", "gs://b/run",
+          "--allow-dirty", "--skip-plan", "--dry-run"]
+
+
+def test_launch_refuses_an_unknown_region(tmp_path, capsys):
+  config = tmp_path / "c.toml"
+  config.write_text("")
+  assert main([*LAUNCH, "--zone", "mars-east1-a", "--config", str(config)]) == 2
+  captured = capsys.readouterr()
+  assert "--zone 'mars-east1-a'" in captured.err and "gcloud compute" not in captured.out
+
+
+def test_launch_refuses_a_local_dataset_the_workers_do_not_have(tmp_path, capsys):
+  config = tmp_path / "c.toml"
+  config.write_text("")
+  data = tmp_path / "mine.jsonl"
+  data.write_text('{"prompt": "a", "response": "b"}\n')
+  base = [*LAUNCH, "--zone", "us-east5-a", "--config", str(config)]
+  before = tree_digest(tmp_path)
+  assert main([*base, f"data.dataset={data}"]) == 2
+  captured = capsys.readouterr()
+  assert f"data.dataset={data}" in captured.err and "gs://" in captured.err
+  assert "gcloud compute" not in captured.out and tree_digest(tmp_path) == before
+  # a path that is not here is assumed to be on the workers, and said so
+  assert main([*base, "data.dataset=/mnt/disks/data/train.jsonl"]) == 0
+  assert "must exist on every worker" in capsys.readouterr().out
+  assert main([*base, "data.dataset=gs://b/train.jsonl"]) == 0
+  assert "must exist on every worker" not in capsys.readouterr().out
