@@ -335,12 +335,23 @@ def _orbax_hidden(path: Path) -> str:
   return str(read_config(path)[0].hidden_size)
 
 
+def _popen_with_sigint_ignored(*args, **kwargs):
+  """Starts a child with the disposition a background job or `nohup` child inherits: SIGINT
+  ignored. Every interruption test starts its `z1` so, so the result does not depend on how
+  pytest was started, and it proves that `z1` installs its own handler (z1_jax.signals)."""
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited across exec
+  try:
+    return subprocess.Popen(*args, **kwargs)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def _run_paused(argv, pause_at, marker, sig, cwd):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
                                                      os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.Popen([sys.executable, str(RUNNER), pause_at, str(marker), "--", *argv],
-                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = _popen_with_sigint_ignored(
+      [sys.executable, str(RUNNER), pause_at, str(marker), "--", *argv], cwd=cwd, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 180
   while not marker.exists():
     if proc.poll() is not None or time.monotonic() > deadline:
@@ -426,3 +437,235 @@ def test_output_checks_refuse_unwritable_locations(tmp_path, monkeypatch):
     outputs.check_output_file(tmp_path / "rows.jsonl", "--out")
   with pytest.raises(Z1Error, match="--cache-dir .*not writable"):
     outputs.check_dir(tmp_path, "--cache-dir")
+
+
+# --- signals: z1's own SIGINT/SIGTERM handling, whatever the disposition it inherits ----------
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_z1_even_when_sigint_is_inherited_ignored(sig, code, word, world, tmp_path):
+  out = tmp_path / "v.jsonl"
+  argv = ["score", "--benchmark", "humaneval", "--samples", str(world["samples"]), "--out",
+          str(out), "--workers", "1"]
+  rc, _, err = _run_paused(argv, "z1_jax.outputs:commit", tmp_path / "paused", sig, tmp_path)
+  assert rc == code, err
+  assert word in err and "Traceback" not in err
+  assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["paused"]
+
+
+def test_signals_deferred_records_then_raises():
+  from z1_jax import signals
+  old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    signals.install()
+    with pytest.raises(signals.Terminated):
+      with signals.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert signals.stop_requested() == signal.SIGTERM  # recorded, the step goes on
+    assert signals.stop_requested() is None
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.5)
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+# --- exit codes: 2 only for user errors, 1 for a bug ---------------------------------------
+
+@pytest.mark.parametrize("exc", [ValueError("bug"), KeyError("bug")], ids=["ValueError",
+                                                                     "KeyError"])
+def test_a_bare_value_or_key_error_is_unexpected(exc, monkeypatch, capsys):
+  import z1_jax.data.command as data_command
+
+  def boom(args):
+    raise exc
+  monkeypatch.setattr(data_command, "run_data", boom)
+  rc = main(["data", "stats"])
+  err = capsys.readouterr().err
+  assert rc == 1 and f"unexpected {type(exc).__name__}" in err and "--debug" in err, err
+
+
+def test_unknown_preset_is_a_user_error(capsys):
+  from z1_jax.errors import Z1Error, Z1KeyError
+  from z1_jax.model.config import get_preset
+  with pytest.raises(Z1KeyError) as e:
+    get_preset("qwen9-nope")
+  assert isinstance(e.value, Z1Error) and isinstance(e.value, KeyError)
+  assert str(e.value).startswith("unknown preset 'qwen9-nope'")
+
+
+# --- z1 launch stop: the start and stop scripts, run locally in a scratch HOME ---------------
+
+_STAND_IN = """import os, signal, sys, time
+from pathlib import Path
+home = Path(os.environ["HOME"])
+ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+(home / "inherited").write_text("SIG_IGN" if ignored else "other")
+from z1_jax import signals
+signals.install()  # what z1_jax.cli.main does first
+try:
+  while True:
+    time.sleep(0.05)
+except KeyboardInterrupt:
+  time.sleep(1.0)  # the trainer saves the current step before it exits
+  (home / "exited").write_text("130")
+  sys.exit(130)
+"""
+
+
+def test_launch_stop_really_stops_the_trainer(tmp_path):
+  """The start script runs the trainer as a `nohup ... &` job of a non-interactive shell, which
+  inherits SIGINT ignored; the stop script must still stop it, and say "stopped" only after
+  the process exited. The trainer is a stand-in that does what `z1` does at start (a real
+  `z1 train` would take minutes to compile here); the scripts are the ones `--dry-run` prints."""
+  from z1_jax.launch import tpu
+  home = tmp_path / "home"
+  sha = "0123456789abcdef"
+  (home / "z1-jax" / sha[:12]).mkdir(parents=True)
+  venv_bin = home / "z1-jax" / "venv" / "bin"
+  venv_bin.mkdir(parents=True)
+  (venv_bin / "stand_in.py").write_text(_STAND_IN)
+  z1 = venv_bin / "z1"
+  z1.write_text(f"#!/bin/sh\nexec {sys.executable} {venv_bin / 'stand_in.py'} \"$@\"\n")
+  z1.chmod(0o755)
+  env = dict(os.environ, HOME=str(home),
+             PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
+                                         os.environ.get("PYTHONPATH", "")]))
+  sh = lambda script: subprocess.run(["bash", "-c", script], env=env, capture_output=True,  # noqa: E731
+                                     text=True, timeout=120)
+  start = sh(tpu.run_script(sha, "c.toml", "/tmp/out", []))
+  assert start.returncode == 0 and "started z1 train" in start.stdout, start.stderr
+  deadline = time.monotonic() + 60
+  while not (home / "inherited").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert (home / "inherited").read_text() == "SIG_IGN"  # the trap the issue describes
+  again = sh(tpu.run_script(sha, "c.toml", "/tmp/out", []))
+  assert again.returncode == 1 and "already running" in again.stderr
+  stop = sh(tpu.STOP_SCRIPT)
+  assert stop.returncode == 0, stop.stderr
+  assert "sent SIGINT" in stop.stdout and "z1 train stopped" in stop.stdout
+  assert (home / "exited").read_text() == "130"  # it had exited when "stopped" was printed
+  assert not (home / "z1-jax" / "train.pid").exists()
+  assert "not running" in sh(tpu.STOP_SCRIPT).stdout
+  assert "not running" in sh(tpu.STATUS_SCRIPT).stdout
+
+
+def test_missing_bubblewrap_is_exit_2_with_the_fix(world, tmp_path, monkeypatch, capsys):
+  import z1_jax.eval.sandbox as sandbox
+  monkeypatch.setattr(sandbox, "bwrap_works", lambda *a, **k: False)
+  out = tmp_path / "v.jsonl"
+  before = tree_digest(tmp_path)
+  rc = main(["score", "--benchmark", "humaneval", "--samples", str(world["samples"]), "--out",
+             str(out), "--workers", "1"])
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  assert "bubblewrap" in err and "apt-get install bubblewrap" in err and "unexpected" not in err
+  assert tree_digest(tmp_path) == before
+
+
+# --- scoring traps ---------------------------------------------------------------------------
+
+def _add_problem(benchmark="humaneval", pid="t/0"):
+  from z1_jax.eval.benchmarks import Problem
+  prompt = 'def add(a, b):\n    """a + b"""\n'
+  return Problem(id=pid, benchmark=benchmark, kind="code", question=prompt,
+                 tests={"style": "humaneval", "prompt": prompt, "entry_point": "add",
+                        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"})
+
+
+def test_solution_is_the_block_defining_the_entry_point_not_the_usage_example():
+  from z1_jax.eval.code import program_for, solution_block
+  p = _add_problem()
+  solution = "def add(a, b):\n    return a + b\n"
+  completion = f"```python\n{solution}```\nUsage:\n```python\nprint(add(1, 2))\n```\n"
+  assert solution_block(p, completion) == solution
+  assert program_for(p, completion).endswith(solution)
+  # nothing defines the entry point: the last block, as before
+  assert solution_block(p, "```python\nx = 1\n```\n```python\ny = 2\n```") == "y = 2\n"
+  lcb = dataclasses_replace(p, tests={"style": "functional", "func_name": "f"})
+  cls = "class Solution:\n    def f(self):\n        return 1\n"
+  assert solution_block(lcb, f"```python\n{cls}```\n```python\nprint(Solution().f())\n```") == cls
+
+
+def dataclasses_replace(obj, **kw):
+  import dataclasses
+  return dataclasses.replace(obj, **kw)
+
+
+def test_humaneval_answer_with_a_usage_block_passes():
+  from z1_jax.eval.score import Scorer
+  scorer = Scorer([_add_problem()], workers=1)
+  try:
+    verdict = scorer.score_one(_add_problem(), "```python\ndef add(a, b):\n    return a + b\n```"
+                               "\n```python\nprint(add(1, 2))\n```")
+  finally:
+    scorer.close()
+  assert verdict["passed"] is True, verdict
+
+
+@pytest.mark.parametrize("text, letter", [("the answer is a consequence of symmetry", None),
+                                          ("answer: b", None), ("Answer: B", "B"),
+                                          ("so the answer is (C).", "C"), ("**Answer:** D", "D"),
+                                          ("\\boxed{a}", "A")])
+def test_multiple_choice_letter_only_capitals_in_an_answer_position(text, letter):
+  from z1_jax.eval.extract import mc_letter
+  assert mc_letter(text) == letter
+
+
+def test_scorer_keys_problems_by_benchmark_and_id():
+  """Two benchmarks whose ids are both row numbers: each answer is graded against its own."""
+  from z1_jax.eval.benchmarks import Problem
+  from z1_jax.errors import Z1Error
+  from z1_jax.eval.score import Scorer
+  a = Problem(id="0", benchmark="mine-a", kind="math", question="1+1", answer="2")
+  b = Problem(id="0", benchmark="mine-b", kind="math", question="2+2", answer="4")
+  scorer = Scorer([a, b], workers=1, math_timeout_s=10)
+  try:
+    assert scorer.score_one(a, "\\boxed{2}")["passed"] is True
+    assert scorer.score_one(b, "\\boxed{2}")["passed"] is False  # not a's cached verdict
+    assert scorer.score_one(b, "\\boxed{4}")["passed"] is True
+    with pytest.raises(Z1Error, match="several benchmarks"):
+      scorer.submit("0", "\\boxed{2}")
+  finally:
+    scorer.close()
+
+
+def test_one_source_for_id_fields():
+  from z1_jax.eval import benchmarks, score
+  assert score.ID_FIELDS is benchmarks.ID_FIELDS
+  assert set(benchmarks.ID_FIELD.values()) <= set(score.ID_FIELDS)
+
+
+# --- z1 launch: zones and local datasets -----------------------------------------------------
+
+LAUNCH = ["launch", "tpu", "--name", "z1-run", "--accelerator", "v5p-64", "--out", "gs://b/run",
+          "--allow-dirty", "--skip-plan", "--dry-run"]
+
+
+def test_launch_refuses_an_unknown_region(tmp_path, capsys):
+  config = tmp_path / "c.toml"
+  config.write_text("")
+  assert main([*LAUNCH, "--zone", "mars-east1-a", "--config", str(config)]) == 2
+  captured = capsys.readouterr()
+  assert "--zone 'mars-east1-a'" in captured.err and "gcloud compute" not in captured.out
+
+
+def test_launch_refuses_a_local_dataset_the_workers_do_not_have(tmp_path, capsys):
+  config = tmp_path / "c.toml"
+  config.write_text("")
+  data = tmp_path / "mine.jsonl"
+  data.write_text('{"prompt": "a", "response": "b"}\n')
+  base = [*LAUNCH, "--zone", "us-east5-a", "--config", str(config)]
+  before = tree_digest(tmp_path)
+  assert main([*base, f"data.dataset={data}"]) == 2
+  captured = capsys.readouterr()
+  assert f"data.dataset={data}" in captured.err and "gs://" in captured.err
+  assert "gcloud compute" not in captured.out and tree_digest(tmp_path) == before
+  # a path that is not here is assumed to be on the workers, and said so
+  assert main([*base, "data.dataset=/mnt/disks/data/train.jsonl"]) == 0
+  assert "must exist on every worker" in capsys.readouterr().out
+  assert main([*base, "data.dataset=gs://b/train.jsonl"]) == 0
+  assert "must exist on every worker" not in capsys.readouterr().out

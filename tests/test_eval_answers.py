@@ -21,7 +21,7 @@ def test_last_boxed_handles_nesting_and_takes_the_last():
     (r"\boxed{(d)}", "D"),
     (r"\boxed{A} hmm, wait, no: \boxed{B}", "B"),
     ("Answer: C", "C"),
-    ("answer: b", "B"),
+    ("answer: b", None),  # a lower-case letter after "answer" is a word ("answer: a lot"), not A-D
     ("The answer is (A).", "A"),
     (r"I think \boxed{42} ... Answer: D", "D"),
     ("I cannot decide between the options.", None),

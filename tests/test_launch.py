@@ -148,6 +148,8 @@ def test_launch_refuses_a_tpu_in_a_bad_state(fake_gcloud, capsys):
     ("--name", "Z1_Run", "--name 'Z1_Run'"),
     ("--name", "run-", "--name 'run-'"),
     ("--zone", "uscentral2", "--zone 'uscentral2'"),
+    ("--zone", "mars-east1-a", "'mars-east1' is not a Google Cloud region"),
+    ("--zone", "us-central1-z", "--zone 'us-central1-z'"),
     ("--zone", "us-central2-b; rm -rf /", "--zone"),
     ("--accelerator", "v3-8", "--accelerator: unknown accelerator 'v3-8'"),
     ("--accelerator", "v5p-63", "--accelerator: unknown accelerator 'v5p-63'"),

@@ -20,7 +20,8 @@ def build_parser() -> Z1Parser:
   import importlib
   p = Z1Parser(prog="z1", description="z1-jax: Z1 (efficient test-time scaling with code) in JAX.",
                epilog="exit codes: 0 done, 2 bad usage or input (one message naming the flag, "
-                      "file or row), 1 unexpected failure, 130 interrupted. `z1 COMMAND --help` "
+                      "file or row), 1 unexpected failure, 130 interrupted (SIGINT), 143 terminated "
+                      "(SIGTERM). `z1 COMMAND --help` "
                       "lists a command's options with their defaults.")
   p.add_argument("--debug", action="store_true",
                  help="show Python tracebacks on errors (or set Z1_DEBUG=1)")
@@ -38,29 +39,38 @@ def _exit_now(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs one command. Exit codes: 0 done, 2 bad usage or input (one message, no traceback),
-  1 an unexpected failure, 130 interrupted. `--debug` or Z1_DEBUG=1 re-raises for a traceback.
-  `argv=None` (the real command line) exits at once on Ctrl-C; a list returns 130 instead."""
+  """Runs one command. Exit codes: 0 done, 2 bad usage or input (a `Z1Error`, an argparse usage
+  error, or a file error on a path: one message, no traceback), 1 an unexpected failure (any
+  other exception, including a bare ValueError/KeyError: a bug, not the user's mistake), 130
+  interrupted (SIGINT), 143 terminated (SIGTERM). `--debug` or Z1_DEBUG=1 re-raises for a
+  traceback. `argv=None` (the real command line) exits at once on a signal; a list returns the
+  code instead. SIGINT/SIGTERM handling is installed first (`z1_jax.signals.install`), so a
+  disposition inherited from `nohup` or a background job (SIG_IGN) does not stick."""
   import os
+  from z1_jax import signals
   from z1_jax.errors import Z1Error
   from z1_jax.topology import select_platform
+  if argv is None:
+    signals.install()
   args = build_parser().parse_args(argv)
   debug = args.debug or os.environ.get("Z1_DEBUG", "") not in ("", "0")
   select_platform()  # before JAX starts: no TPU probing on hosts without chips (see there)
   try:
     code = args.fn(args)
-  except KeyboardInterrupt:
+  except (KeyboardInterrupt, signals.Terminated) as e:
     if debug:
       raise
-    print(f"z1 {args.command}: interrupted; the previous output, if any, is left as it was",
-          file=sys.stderr)
+    killed = isinstance(e, signals.Terminated)
+    print(f"z1 {args.command}: {'terminated (SIGTERM)' if killed else 'interrupted'}; the "
+          f"previous output, if any, is left as it was", file=sys.stderr)
+    code = 143 if killed else 130
     if argv is None:
       # The real command line: exit now rather than wait for worker threads still running
       # (a sample being scored); `finally` blocks have run, sandboxes die with this process.
-      _exit_now(130)
-    return 130
+      _exit_now(code)
+    return code
   except (Z1Error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-          PermissionError, ValueError, KeyError) as e:
+          PermissionError) as e:
     if debug:
       raise
     print(f"z1 {args.command}: error: {e}", file=sys.stderr)

@@ -9,3 +9,11 @@ row or key, and what would be accepted instead.
 
 class Z1Error(ValueError):
   """A user-fixable failure; the CLI exits 2 with `str(error)` and no traceback."""
+
+
+class Z1KeyError(Z1Error, KeyError):
+  """An unknown name the user gave (preset, benchmark): a Z1Error that `except KeyError` also
+  catches; prints its message plainly (KeyError would quote it)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from z1_jax.checkpoint.hf import CheckpointError
+from z1_jax.errors import Z1Error
 from z1_jax.model.config import Qwen2Config
 from z1_jax.paths import as_path
 from z1_jax.model.qwen2 import Qwen2, abstract_model, state_shardings
@@ -100,7 +101,7 @@ def load_params(ckpt_dir: str | os.PathLike, mesh: jax.sharding.Mesh | None = No
   """Restores a model onto `mesh` (any shape) or one device. Latest step unless `step`."""
   bad = set(runtime_overrides) - set(_RUNTIME_FIELDS)
   if bad:
-    raise ValueError(f"cannot override {sorted(bad)} when restoring; allowed: {_RUNTIME_FIELDS}")
+    raise Z1Error(f"cannot override {sorted(bad)} when restoring; allowed: {_RUNTIME_FIELDS}")
   saved, step = read_config(ckpt_dir, step)
   root, _ = resolve_checkpoint(ckpt_dir)
   cfg = saved.replace(**runtime_overrides)

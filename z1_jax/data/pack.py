@@ -20,6 +20,7 @@ import numpy as np
 
 from z1_jax.data.encode import Encoded
 from z1_jax.data.sources import write_jsonl
+from z1_jax.errors import Z1Error
 
 ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
@@ -35,7 +36,7 @@ class FitReport:
 def fit_lengths(encoded: Encoded, seq_len: int, overlong: str = "truncate"):
   """Per example: tokens used (0 = dropped), after the overlong policy; and a report."""
   if overlong not in ("truncate", "drop"):
-    raise ValueError(f"overlong={overlong!r}: expected 'truncate' or 'drop'")
+    raise Z1Error(f"overlong={overlong!r}: expected 'truncate' or 'drop'")
   lengths = encoded.lengths
   used = np.minimum(lengths, seq_len)
   over = lengths > seq_len
@@ -51,7 +52,7 @@ def fit_lengths(encoded: Encoded, seq_len: int, overlong: str = "truncate"):
 def select_by_tokens(lengths: np.ndarray, total_tokens: int, order: str = "shortest"):
   """Indices of examples, shortest- or longest-first, up to `total_tokens` tokens (Z1 ablation)."""
   if order not in ("shortest", "longest"):
-    raise ValueError(f"order={order!r}: expected 'shortest' or 'longest'")
+    raise Z1Error(f"order={order!r}: expected 'shortest' or 'longest'")
   keys = lengths if order == "shortest" else -lengths
   idx = np.argsort(keys, kind="stable")
   within = np.cumsum(lengths[idx]) <= total_tokens

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from z1_jax.data.pack import ROW_FIELDS, Packed
+from z1_jax.errors import Z1Error
 from z1_jax.model.sharding import LogicalRules
 
 
@@ -50,8 +51,8 @@ class PackedSource:
 def global_dataset(packed: Packed, cfg: PipelineConfig) -> grain.MapDataset:
   """Global batches of row ids (`[global_batch]` int arrays); the tail of the stream is dropped."""
   if len(packed) < cfg.global_batch:
-    raise ValueError(f"{len(packed)} packed rows cannot fill one global batch of "
-                     f"{cfg.global_batch}; lower global_batch or add data")
+    raise Z1Error(f"{len(packed)} packed rows cannot fill one global batch of "
+                  f"{cfg.global_batch}; lower global_batch or add data")
   ds = grain.MapDataset.range(len(packed))
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
@@ -81,9 +82,9 @@ class GlobalBatches:
     self.shape = (cfg.global_batch, packed.seq_len)
     self.sharding = batch_sharding(mesh, *self.shape)
     if jax.process_count() > 1 and self.sharding.spec[0] is None:
-      raise ValueError(f"global_batch={cfg.global_batch} must be divisible by the mesh's "
-                       f"data*fsdp size {mesh.shape['data'] * mesh.shape['fsdp']} on "
-                       f"{jax.process_count()} hosts (each host feeds its own rows)")
+      raise Z1Error(f"global_batch={cfg.global_batch} must be divisible by the mesh's "
+                    f"data*fsdp size {mesh.shape['data'] * mesh.shape['fsdp']} on "
+                    f"{jax.process_count()} hosts (each host feeds its own rows)")
     self.rows = host_rows(self.sharding, self.shape)
     self.dataset = global_dataset(packed, cfg)
     self._iter = iter(self.dataset.to_iter_dataset())

@@ -212,7 +212,7 @@ def read_examples(path_or_id: str | os.PathLike, columns: Columns = Columns(),
                   stats: ReadStats | None = None) -> Iterator[Example]:
   """Examples from local files/directories, or from the hub when `path_or_id` is a dataset id."""
   if on_bad_row not in ("error", "skip"):
-    raise ValueError(f"on_bad_row={on_bad_row!r}: expected 'error' or 'skip'")
+    raise Z1Error(f"on_bad_row={on_bad_row!r}: expected 'error' or 'skip'")
   stats = stats if stats is not None else ReadStats()
   local = Path(path_or_id).expanduser()
   if is_uri(path_or_id):

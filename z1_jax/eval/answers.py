@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from z1_jax.errors import Z1Error
 from z1_jax.eval.extract import last_boxed, mc_letter
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -30,7 +31,7 @@ def verify_boxed(gold: str, boxed: str) -> tuple[bool, str | None]:
   gold_parsed = parse(f"${gold}$", parsing_timeout=None)
   pred_parsed = parse(f"\\boxed{{{boxed}}}", parsing_timeout=None)
   if not gold_parsed:
-    raise ValueError(f"gold answer {gold!r} does not parse")
+    raise Z1Error(f"gold answer {gold!r} does not parse")
   if not pred_parsed:
     return False, "unparsable_answer"
   ok = bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from z1_jax.data.sources import DataError, jsonl_records
+from z1_jax.errors import Z1Error, Z1KeyError
 
 # Z1 evaluation prompts per benchmark family (the instruction follows the problem text).
 PROMPTS = {
@@ -105,7 +106,7 @@ def _hub_rows(dataset_id: str, name: str | None, split: str, **kw) -> list[dict]
 def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
   missing = [k for k in keys if k not in row]
   if missing:
-    raise ValueError(f"{where}: missing field(s) {missing}; has {sorted(row)}")
+    raise Z1Error(f"{where}: missing field(s) {missing}; has {sorted(row)}")
 
 
 def load_humaneval(path=None, instruction=None, **_) -> list[Problem]:
@@ -261,10 +262,13 @@ LOADERS: dict[str, Callable[..., list[Problem]]] = {
 ID_FIELD = {"humaneval": "task_id", "aime2024": "id", "aime2025": "id", "math500-mmath": "id",
             "math500": "unique_id", "gpqa-diamond": "Record ID", "livecodebench": "question_id",
             "bigcodebench-hard": "task_id"}
+# Every id field a samples file may use (the benchmarks' own, then the common "problem_id"):
+# `score.sample_id` tries them in this order when the benchmark's own field is absent.
+ID_FIELDS = tuple(dict.fromkeys((*ID_FIELD.values(), "problem_id")))
 
 
 def load_benchmark(name: str, **kwargs) -> list[Problem]:
   """`name` from `LOADERS`; kwargs: `path` (local file), `instruction`, loader options."""
   if name not in LOADERS:
-    raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(LOADERS)}")
+    raise Z1KeyError(f"unknown benchmark {name!r}; known: {', '.join(LOADERS)}")
   return LOADERS[name](**kwargs)

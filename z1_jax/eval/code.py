@@ -23,7 +23,7 @@ import secrets
 import signal
 
 from z1_jax.eval.benchmarks import Problem
-from z1_jax.eval.extract import last_code_block
+from z1_jax.eval.extract import code_blocks, last_block_defining
 from z1_jax.eval.sandbox import RunResult, Sandbox
 
 RUNNER = r'''
@@ -119,10 +119,24 @@ class Verdict:
   detail: str | None = None  # e.g. the missing module's name
 
 
+def solution_block(problem: Problem, completion: str) -> str | None:
+  """The code block that is the answer: the last one that defines what the tests call (the
+  entry point; LiveCodeBench's `class Solution`), else the last block, so that a trailing
+  usage example (`print(add(1, 2))`) is not taken for the solution. None: no block."""
+  tests = problem.tests or {}
+  blocks = code_blocks(completion)
+  style, entry = tests.get("style"), tests.get("entry_point")
+  if style == "functional":
+    return last_block_defining(blocks, r"^\s*class Solution\b")
+  if entry:
+    return last_block_defining(blocks, rf"^\s*def {re.escape(entry)}\s*\(")
+  return blocks[-1] if blocks else None
+
+
 def program_for(problem: Problem, completion: str) -> str | None:
   """The code to run, or None when the completion holds no code."""
   tests = problem.tests or {}
-  block = last_code_block(completion)
+  block = solution_block(problem, completion)
   style = tests.get("style")
   if style == "humaneval":
     if block is None:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from z1_jax.errors import Z1Error
 from z1_jax.outputs import atomic_path, write_text_atomic
 
 Z95 = 1.959963984540054
@@ -103,8 +104,8 @@ def read_reference(path: str | os.PathLike) -> list[dict]:
           float(x), float(y)
       str(s["label"])
   except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"--reference {path}: expected {{\"series\": [{{\"label\": ..., \"points\": "
-                     f"{{benchmark: [[tokens, percent], ...]}}}}]}} ({type(e).__name__}: {e})")
+    raise Z1Error(f"--reference {path}: expected {{\"series\": [{{\"label\": ..., \"points\": "
+                  f"{{benchmark: [[tokens, percent], ...]}}}}]}} ({type(e).__name__}: {e})")
   return series
 
 

@@ -26,6 +26,8 @@ import time
 import warnings
 from pathlib import Path
 
+from z1_jax.errors import Z1Error
+
 NOBODY = 65534
 # As root, each concurrent run gets its own unprivileged uid from this range: the process-count
 # limit is then per run, and afterwards every process with that uid is killed, whatever it did
@@ -34,8 +36,9 @@ RUN_UIDS = range(61000, 61256)
 SANDBOX_DIR = "/tmp/sandbox"  # inside the private /tmp
 
 
-class SandboxUnavailable(RuntimeError):
-  pass
+class SandboxUnavailable(Z1Error):
+  """bubblewrap is missing or cannot create namespaces: a known precondition with a documented
+  fix (the CLI exits 2 with the message), not a crash."""
 
 
 @dataclasses.dataclass(frozen=True)

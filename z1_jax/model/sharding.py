@@ -23,6 +23,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from z1_jax.errors import Z1Error
 
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axes. Parameters use the plain names; activations the `act_` ones.
@@ -141,15 +142,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   devices = list(jax.devices() if devices is None else devices)
   shape = [data, fsdp, tensor]
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one axis -1")
+    raise Z1Error(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one axis -1")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into fsdp*tensor*data={known}")
+      raise Z1Error(f"{len(devices)} devices do not divide into fsdp*tensor*data={known}")
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
-    raise ValueError(f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} needs "
-                     f"{math.prod(shape)} devices, have {len(devices)}")
+    raise Z1Error(f"mesh data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} needs "
+                  f"{math.prod(shape)} devices, have {len(devices)}")
   if len(devices) == len(jax.devices()):
     # Topology-aware device order (ICI rings on TPU); plain reshape for a device subset.
     devices = mesh_utils.create_device_mesh(tuple(shape), devices=devices)
