@@ -454,25 +454,6 @@ def test_signal_stops_z1_even_when_sigint_is_inherited_ignored(sig, code, word, 
   assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["paused"]
 
 
-def test_signals_deferred_records_then_raises():
-  from z1_jax import signals
-  old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    signals.install()
-    with pytest.raises(signals.Terminated):
-      with signals.deferred():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)
-        assert signals.stop_requested() == signal.SIGTERM  # recorded, the step goes on
-    assert signals.stop_requested() is None
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.5)
-  finally:
-    for s, h in old.items():
-      signal.signal(s, h)
-
-
 # --- exit codes: 2 only for user errors, 1 for a bug ---------------------------------------
 
 @pytest.mark.parametrize("exc", [ValueError("bug"), KeyError("bug")], ids=["ValueError",

@@ -232,3 +232,44 @@ def test_parse_data_names_files_per_benchmark(tmp_path):
     parse_data("x.jsonl", ["math500", "gpqa-diamond"])
   with pytest.raises(Z1Error, match="expected NAME=FILE"):
     parse_data("math500=", ["math500"])
+
+
+def test_resumed_sweep_refuses_replaced_weights_dtype_or_tokenizer(tiny_hf, aime5, tmp_path,
+                                                                  capsys):
+  """The identity of a sweep is what is in the model, not its path: interrupt (here: a finished
+  first part), replace the weights in the same directory, rerun: refused, nothing mixed."""
+  import shutil
+  from z1_jax.checkpoint.hf import save_hf
+  from z1_jax.model.config import get_preset
+  from z1_jax.model.qwen2 import create_model
+  hf = tmp_path / "hf"
+  shutil.copytree(tiny_hf, hf)
+  out = tmp_path / "run"
+  argv = ["sweep", "--hf", str(hf), "--benchmark", "aime2024", "--limit", "2", "--data",
+          str(aime5), "--budgets", "16", "--answer-tokens", "4", "--workers", "1",
+          "--no-progress", "--out", str(out)]
+  assert main(argv) == 0
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert main(argv) == 0  # same model: a resume, nothing changes
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  capsys.readouterr()
+  assert _exit_code(argv + ["--dtype", "bfloat16"]) == 2
+  assert "dtype" in capsys.readouterr().err
+  save_hf(create_model(get_preset("tiny"), seed=4), tmp_path / "other", dtype="float32")
+  shutil.copy(tmp_path / "other" / "model.safetensors", hf / "model.safetensors")
+  assert _exit_code(argv) == 2
+  err = capsys.readouterr().err
+  assert "weights" in err and "different config" in err, err
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_fingerprint_sees_content_not_only_names_and_sizes(tmp_path):
+  from z1_jax.checkpoint.fingerprint import fingerprint
+  (tmp_path / "a").mkdir()
+  big = bytearray(os.urandom(5 * 1024 * 1024))
+  (tmp_path / "a" / "w.bin").write_bytes(big)
+  first = fingerprint(tmp_path / "a")
+  assert first == fingerprint(tmp_path / "a")
+  big[100] ^= 1  # inside the first sampled block (a safetensors header lives there)
+  (tmp_path / "a" / "w.bin").write_bytes(big)
+  assert fingerprint(tmp_path / "a") != first

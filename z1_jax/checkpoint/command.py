@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from z1_jax import distributed
 from z1_jax.cli_args import byte_size, float_dtype, mesh_spec
 
 
 def run(args) -> int:
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from z1_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
   if args.direction == "hf-to-orbax":
     result = hf_to_orbax(args.hf, args.out, args.dtype, args.mesh, args.overwrite)
@@ -45,4 +47,5 @@ def add_parser(sub) -> None:
     c.add_argument("--mesh", type=mesh_spec, default=None,
                    help="device mesh DATA,FSDP,TENSOR (one may be -1: the rest), e.g. -1,4,2 "
                         "or data=-1,fsdp=4,tensor=2 (default: one device)")
+    distributed.add_args(c)
     c.set_defaults(fn=run)

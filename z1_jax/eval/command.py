@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from z1_jax import distributed
 from z1_jax.cli_args import (choice_of, float_dtype, int_list, mesh_spec, non_negative_float,
                              non_negative_int, positive_float, positive_int)
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
@@ -21,6 +22,7 @@ def run_score(args) -> int:
 
 
 def run_sweep(args) -> int:
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from z1_jax.eval.sweep import run_from_args
   from z1_jax.model.sharding import mesh_from_spec
   summary = run_from_args(args, mesh=lambda: mesh_from_spec(args.mesh))
@@ -114,4 +116,5 @@ def add_parser(sub) -> None:
   swp.add_argument("--out", required=True,
                    help="directory for the outputs; rerun with the same config to resume "
                         "(required)")
+  distributed.add_args(swp)
   swp.set_defaults(fn=run_sweep)

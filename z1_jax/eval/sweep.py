@@ -63,6 +63,10 @@ class SweepConfig:
   data: dict[str, str] | None = None  # benchmark -> local file
   system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
   instruction: str | None = None  # None: Z1's instruction for each benchmark family
+  # What is in the model, not only where: a resumed sweep never mixes two models' rows.
+  weights: str | None = None  # checkpoint.fingerprint of the HF directory / Orbax step
+  dtype: str | None = None  # --dtype (None: the checkpoint's own / float32)
+  tokenizer: str | None = None  # sha256 of the tokenizer's serialized form, or "default"
 
   def __post_init__(self):
     unknown = [b for b in self.benchmarks if b not in LOADERS]
@@ -360,19 +364,46 @@ def _check_budgets(cfg: SweepConfig, tokenizer) -> None:
     raise Z1Error(f"--budgets {min(cfg.budgets)}: {e}") from None
 
 
+def _weights_identity(kind: str, path: str) -> str:
+  from z1_jax.checkpoint.fingerprint import fingerprint
+  if kind == "hf":
+    return fingerprint(path)
+  from z1_jax.checkpoint.orbax_io import resolve_checkpoint
+  root, step = resolve_checkpoint(path)
+  if step is None:
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+    if not steps:
+      return fingerprint(root)
+    step = max(steps)
+  return f"step {step} {fingerprint(root / str(step))}"
+
+
+def _tokenizer_identity(tokenizer) -> str:
+  if tokenizer is None:
+    return "default"
+  import hashlib
+  return "sha256:" + hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
 def run_from_args(args, mesh=None) -> dict:
   """`z1 sweep`: the config from the command line, checked before the model loads."""
   benchmarks = tuple(b.strip() for b in args.benchmark.split(",") if b.strip())
   source = ("hf", args.hf) if args.hf else ("ckpt", args.ckpt)
   if not Path(source[1]).is_dir():
     raise Z1Error(f"--{source[0]} {source[1]}: not a directory")
+  tokenizer = None
+  if args.tokenizer or (source[0] == "hf" and (Path(source[1]) / "tokenizer.json").exists()):
+    from z1_jax.data.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(args.tokenizer or source[1])
   cfg = SweepConfig(model=f"{source[0]}:{Path(source[1]).resolve()}", benchmarks=benchmarks,
                     budgets=tuple(args.budgets), answer_tokens=args.answer_tokens,
                     mode=args.mode, placement=args.placement, limit=args.limit,
                     samples_per_problem=args.samples_per_problem,
                     temperature=args.temperature, seed=args.seed,
                     data=parse_data(args.data, benchmarks), system_prompt=args.system_prompt,
-                    instruction=args.instruction)
+                    instruction=args.instruction,
+                    weights=_weights_identity(*source), dtype=args.dtype,
+                    tokenizer=_tokenizer_identity(tokenizer))
   if args.sandbox_python is not None and not os.access(args.sandbox_python, os.X_OK):
     raise Z1Error(f"--sandbox-python {args.sandbox_python}: not an executable file")
 
@@ -381,10 +412,6 @@ def run_from_args(args, mesh=None) -> dict:
     mesh_ = mesh() if callable(mesh) else mesh
     return load_for_decoding(args.hf, args.ckpt, mesh_, args.dtype)
 
-  tokenizer = None
-  if args.tokenizer or (source[0] == "hf" and (Path(source[1]) / "tokenizer.json").exists()):
-    from z1_jax.data.tokenizer import load_tokenizer
-    tokenizer = load_tokenizer(args.tokenizer or source[1])
   return run_sweep(cfg, args.out, load_model=load_model, tokenizer=tokenizer,
                    batch_size=args.batch_size, workers=args.workers, reference=args.reference,
                    allow_unsandboxed=args.allow_unsandboxed, sandbox_python=args.sandbox_python,
