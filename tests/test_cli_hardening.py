@@ -118,7 +118,7 @@ BAD_INVOCATIONS = [
     # demo: never writes into a directory of other files, or over a file
     ("demo --out {hfA}", 2, "not a previous demo output"),
     ("demo --out {file}", 2, "is an existing file"),
-    ("demo --out {demo_prev}", 2, "pass --overwrite"),
+    ("demo --out {demo_prev}", 2, "not a previous demo output"),
     ("data pack --seq-len 8 --out {new}.jsonl", 2, "no example fits"),
     # global
     ("nope", 2, "invalid choice"),
@@ -195,7 +195,7 @@ def world(tmp_path_factory, hf_checkpoint):
                                               p.tests["canonical_solution"]}) + "\n"
                                   for p in problems))
   w["demo_prev"] = root / "demo"
-  for name in ("data", "hf"):  # a previous demo output (z1_jax.demo.run.DEMO_OUTPUTS)
+  for name in ("data", "hf"):  # the demo's output names, but no marker: not a demo output
     (w["demo_prev"] / name).mkdir(parents=True)
   w["verdicts"] = root / "verdicts.jsonl"
   w["verdicts"].write_text('{"previous": true}\n')
