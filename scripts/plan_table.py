@@ -7,6 +7,10 @@ Results are appended to a JSONL file as they come (a rerun skips rows already th
 printed as a Markdown table.
 
   python scripts/plan_table.py [--out plans.jsonl] [--only v5p-8,v6e-8] [--seq 8192,16384]
+                               [--speed]
+
+`--speed` prints the predicted-speed table instead: collective bytes per chip per step and the
+roofline bound (see `z1_jax/train/plan.py`'s docstring for the assumptions).
 """
 
 import argparse
@@ -61,6 +65,22 @@ def table(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
+def speed_table(rows: list[dict]) -> str:
+  gib = lambda b: f"{b / 2**30:.1f}"
+  out = ["| slice | chips | seq | all-gather | reduce-scatter | all-reduce | wire GiB | "
+         "compute s | ICI s | step >= s | MFU <= |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  rows = [p for p in rows if p.get("collectives") and not p.get("extra")]
+  for p in sorted(rows, key=lambda p: (p["seq_len"], SLICES.index(p["target"]))):
+    c = p["collectives"]
+    wire = sum(v["wire_bytes"] for v in c.values())
+    out.append(f"| {p['target']} | {p['chips']} | {p['seq_len']} | "
+               + " | ".join(f"{gib(c[k]['bytes'])}" for k in
+                            ("all-gather", "reduce-scatter", "all-reduce"))
+               + f" | {gib(wire)} | {p['ideal_step_s']:.2f} | {p['comm_s']:.2f} | "
+               f"{p['step_lower_bound_s']:.2f} | {p['mfu_upper_bound']:.0%} |")
+  return "\n".join(out)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,10 +88,12 @@ def main() -> None:
   ap.add_argument("--only", default=",".join(SLICES), help="slices (default: all in SLICES)")
   ap.add_argument("--seq", default="8192,16384", help="sequence lengths")
   ap.add_argument("--table-only", action="store_true", help="print the table of --out")
+  ap.add_argument("--speed", action="store_true", help="print the predicted-speed table")
   ap.add_argument("extra", nargs="*", help="more config overrides for every row")
   args = ap.parse_args()
+  show = speed_table if args.speed else table
   if args.table_only:
-    print(table([json.loads(line) for line in Path(args.out).read_text().splitlines()]))
+    print(show([json.loads(line) for line in Path(args.out).read_text().splitlines()]))
     return
   out = Path(args.out)
   done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -87,7 +109,7 @@ def main() -> None:
       done.append(plan)
       print(f"{name} seq {seq}: fits={plan['fits']} total={plan['total_bytes']} "
             f"compile {plan['compile_s']:.0f}s", file=sys.stderr, flush=True)
-  print(table(done))
+  print(show(done))
 
 
 if __name__ == "__main__":

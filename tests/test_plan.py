@@ -1,6 +1,7 @@
 """`z1 plan`: the trainer's real step compiled ahead of time for a TPU slice (splash attention
 included) and for N CPU devices; out-of-memory as an answer; bad invocations refused."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,3 +90,76 @@ def test_bad_invocations_exit_2_naming_the_culprit(argv, culprit, capsys):
     rc = e.code
   err = capsys.readouterr().err
   assert rc == 2 and culprit in err and "Traceback" not in err
+
+
+SYNTHETIC_HLO = """\
+HloModule step
+
+%all-reduce-scatter.1 (input.1: f32[64,16]) -> f32[16,16] {
+  %input.1 = f32[64,16]{1,0} parameter(0)
+  %all-reduce.9 = f32[64,16]{1,0} all-reduce(%input.1), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %constant.3 = s32[]{:T(128)} constant(28)
+  %p = (s32[], f32[8]) parameter(0)
+  %gte = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%gte, %constant.3), direction=LT
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ag = bf16[1024,512]{1,0} all-gather(%x), channel_id=1, replica_groups=mesh['axis_0'=1,'axis_1'=4] {'axis_1'}, dimensions={0}
+  %rs = f32[16,16]{1,0} fusion(%y), kind=kCustom, calls=%all-reduce-scatter.1, backend_config={"debug":"
+}}, continued"}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body
+  %ar = f32[256]{0} all-reduce(%z), replica_groups=[2,4]<=[8], to_apply=%add
+}
+"""
+
+
+def test_collectives_count_loop_trips_and_tpu_fused_reduce_scatter():
+  """The HLO reader on the shapes TPU's compiler prints: a while loop without XLA's trip-count
+  annotation (the condition's `i < 28`), a reduce-scatter fused as `all-reduce-scatter`, an
+  instruction continued over lines, and the three replica-group notations."""
+  from z1_jax.collectives import collective_bytes
+  stats = collective_bytes(SYNTHETIC_HLO, devices=8)
+  ag, rs, ar = stats["all-gather"], stats["reduce-scatter"], stats["all-reduce"]
+  assert (ag.count, ag.bytes) == (28, 28 * 1024 * 512 * 2)
+  assert ag.wire_bytes == pytest.approx(ag.bytes * 3 / 4)
+  assert (rs.count, rs.bytes) == (28, 28 * 64 * 16 * 4)  # the input, not the shard
+  assert rs.wire_bytes == pytest.approx(rs.bytes * 3 / 4)
+  assert (ar.count, ar.bytes) == (1, 256 * 4)  # the all-reduce inside the fusion is not counted
+  assert ar.wire_bytes == pytest.approx(2 * 1024 * 3 / 4)
+
+
+def test_fsdp_step_on_cpu_devices_reports_its_collectives(capsys):
+  """A real compiled step: fsdp=8 on 8 host devices all-gathers the weights and reduces the
+  gradients; without an ICI figure (CPU) there is no roofline, and the JSON says so."""
+  assert main(["plan", "--config", TINY, "--devices", "8", "--mesh", "data=1,fsdp=8",
+               "--json", "train.global_batch=8"]) == 0
+  plan = json.loads(capsys.readouterr().out)
+  c = plan["collectives"]
+  assert c["all-gather"]["count"] > 0 and c["all-gather"]["bytes"] > 0
+  assert c["all-reduce"]["bytes"] + c["reduce-scatter"]["bytes"] > 0
+  assert plan["comm_s"] is None and plan["mfu_upper_bound"] is None
+
+
+def test_roofline_is_the_slower_of_compute_and_ici():
+  from z1_jax.train.plan import Plan
+  base = dict(target="v5e-16", device_kind="TPU v5 lite", chips=16, mesh={}, fits=True,
+              hbm_bytes=1, arguments_bytes=1, outputs_bytes=1, alias_bytes=0, temp_bytes=1,
+              total_bytes=3, peak_bytes=None, required_bytes=None, required_temp_bytes=None,
+              compile_s=0, compile_cpu_s=0, seq_len=8, global_batch=1, grad_accum=1,
+              rows_per_chip=1, attention_impl="xla", remat_policy="full")
+  wire = {"all-gather": {"count": 1, "bytes": 8e11, "wire_bytes": 8e11}}
+  plan = Plan(**base, flops_per_step=4e15, peak_flops=2e15, collectives=wire,
+              ici_bytes_per_s=4e11)  # compute 2 s, ICI 2 s
+  assert plan.comm_s == pytest.approx(2.0) and plan.step_lower_bound_s == pytest.approx(2.0)
+  assert plan.mfu_upper_bound == pytest.approx(1.0)
+  slow = dataclasses.replace(plan, ici_bytes_per_s=1e11)  # ICI 8 s
+  assert slow.step_lower_bound_s == pytest.approx(8.0)
+  assert slow.mfu_upper_bound == pytest.approx(0.25)
+  assert "MFU <= 25%" in slow.summary()

@@ -40,15 +40,19 @@ class Generation:
   cores_per_chip_in_name: int  # v4-8 / v5p-8 count TensorCores (4 chips); v5e/v6e count chips
   hbm_bytes: int  # per chip, as the TPU compiler reports it available (RESOURCE_EXHAUSTED)
   dims: int  # 3-D torus (v4, v5p) or 2-D (v5e, v6e)
+  ici_bytes_per_s: float  # per chip, bidirectional inter-chip interconnect (see ICI below)
 
 
 # HBM: measured here with libtpu 0.0.42.1 (the "available HBM" of a RESOURCE_EXHAUSTED
 # message): v4 30.75G, v5p 95.74G, v5e 15.75G, v6e 31.25G of the nominal 32/95/16/32 GB.
+# ICI: Cloud TPU's system-architecture pages (docs.cloud.google.com/tpu/docs/v5e, v5p, v6e):
+# "bidirectional inter-chip interconnect bandwidth per chip" 400, 1200, 800 GB/s; v4's page
+# gives only the pod's all-reduce bandwidth, 1.1 PB/s over 4096 chips (268.6 GB/s per chip).
 GENERATIONS = {
-    "v4": Generation("v4", "v4", "megacore", 2, int(30.75 * GiB), 3),
-    "v5p": Generation("v5p", "v5", "megacore", 2, int(95.74 * GiB), 3),
-    "v5e": Generation("v5e", "v5e", "default", 1, int(15.75 * GiB), 2),
-    "v6e": Generation("v6e", "v6e", "default", 1, int(31.25 * GiB), 2),
+    "v4": Generation("v4", "v4", "megacore", 2, int(30.75 * GiB), 3, 1.1e15 / 4096),
+    "v5p": Generation("v5p", "v5", "megacore", 2, int(95.74 * GiB), 3, 1200e9),
+    "v5e": Generation("v5e", "v5e", "default", 1, int(15.75 * GiB), 2, 400e9),
+    "v6e": Generation("v6e", "v6e", "default", 1, int(31.25 * GiB), 2, 800e9),
 }
 ALIASES = {"v5litepod": "v5e"}
 

@@ -10,6 +10,15 @@ CPU devices (no libtpu needed; the budget is then this host's RAM split N ways).
 
 FLOPs per step come from the model formula (`train.metrics.train_flops_per_token`): the
 compiler's `cost_analysis()` counts a `scan` body once and cannot see into Pallas kernels.
+
+Predicted speed (TPU targets): the collectives of the compiled step, per chip, from its HLO
+(`z1_jax.collectives`: all-gather, reduce-scatter, all-reduce, all-to-all sizes, loops counted
+per trip), and a roofline. Assumptions: every chip reaches the slice table's peak bf16 FLOP/s
+on the model FLOPs, collectives move their ring-algorithm bytes at the chip's full
+bidirectional ICI bandwidth, and compute and communication overlap perfectly; HBM traffic and
+remat recompute are ignored. So `step_lower_bound_s = max(compute_s, comm_s)` is a lower bound
+on the step time and `mfu_upper_bound = compute_s / step_lower_bound_s` an upper bound on MFU
+(1.0 when the step is compute-bound: then the bound says only that ICI is not the limit).
 """
 
 from __future__ import annotations
@@ -64,6 +73,24 @@ class Plan:
   remat_policy: str
   error: str | None = None  # the compiler's message when it does not fit
   other_meshes: tuple[dict[str, int], ...] = ()
+  collectives: dict[str, dict[str, float]] | None = None  # kind -> count, bytes, wire_bytes
+  ici_bytes_per_s: float | None = None  # per chip (TPU targets)
+
+  @property
+  def comm_s(self) -> float | None:
+    """Seconds the collectives' wire bytes take at full ICI bandwidth (TPU targets)."""
+    if self.collectives is None or not self.ici_bytes_per_s:
+      return None
+    return sum(c["wire_bytes"] for c in self.collectives.values()) / self.ici_bytes_per_s
+
+  @property
+  def step_lower_bound_s(self) -> float | None:
+    return None if self.comm_s is None else max(self.ideal_step_s, self.comm_s)
+
+  @property
+  def mfu_upper_bound(self) -> float | None:
+    bound = self.step_lower_bound_s
+    return None if bound is None else self.ideal_step_s / bound
 
   @property
   def ideal_step_s(self) -> float:
@@ -73,7 +100,8 @@ class Plan:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["other_meshes"] = [dict(m) for m in self.other_meshes]
-    d["ideal_step_s"] = self.ideal_step_s
+    d.update(ideal_step_s=self.ideal_step_s, comm_s=self.comm_s,
+             step_lower_bound_s=self.step_lower_bound_s, mfu_upper_bound=self.mfu_upper_bound)
     return d
 
   def summary(self) -> str:
@@ -103,6 +131,16 @@ class Plan:
               f"FLOPs per step  {self.flops_per_step:.3g} (model); {self.ideal_step_s:.3g} s "
               f"at 100% of {self.peak_flops:.3g} FLOP/s",
               f"compile         {self.compile_s:.1f} s ({self.compile_cpu_s:.1f} s CPU)"]
+    if self.collectives is not None:
+      lines.append("collectives     per chip per step: " + ", ".join(
+          f"{k} {int(c['count'])}x {c['bytes'] / GiB:.2f} GiB" for k, c in
+          self.collectives.items() if c["count"]) + "; wire " +
+          f"{sum(c['wire_bytes'] for c in self.collectives.values()) / GiB:.2f} GiB")
+    if self.step_lower_bound_s is not None:
+      lines.append(f"roofline        step >= {self.step_lower_bound_s:.3g} s (compute "
+                   f"{self.ideal_step_s:.3g} s, ICI {self.comm_s:.3g} s at "
+                   f"{self.ici_bytes_per_s / 1e9:.0f} GB/s per chip, full overlap): MFU <= "
+                   f"{self.mfu_upper_bound:.0%}")
     if self.other_meshes:
       lines.append("other meshes    " + "; ".join(
           ",".join(f"{a}={s}" for a, s in m.items()) for m in self.other_meshes))
@@ -199,6 +237,7 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
     acc = find_accelerator(accelerator)
     from z1_jax.topology import topology_devices
     pool, target, hbm = topology_devices(acc), acc.name, acc.hbm_bytes
+    ici = acc.generation.ici_bytes_per_s
   else:
     pool = jax.devices("cpu")
     if len(pool) < devices:
@@ -207,6 +246,7 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
     pool = pool[:devices]
     target = f"{devices} cpu devices"
     hbm = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // devices
+    ici = None
   n = len(pool)
   suggestions = suggest_meshes(model_cfg, micro, n)
   hint = "; meshes that divide: " + (" | ".join(
@@ -239,12 +279,15 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
   usage = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
   start, start_cpu = time.perf_counter(), usage()
   error = required = temps = None
-  memory = None
+  memory = collectives = None
   try:
     from z1_jax.topology import quiet_libtpu
     with quiet_libtpu():
       compiled = ts.step.trace(*ts.abstract()).lower().compile()
     memory = compiled.memory_analysis()
+    from z1_jax.collectives import collective_bytes
+    collectives = {k: dataclasses.asdict(v) for k, v in
+                   collective_bytes(compiled.as_text(), devices=n).items()}
   except Exception as e:  # noqa: BLE001 - only RESOURCE_EXHAUSTED is an answer; the rest raise
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message:
@@ -282,4 +325,4 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
       rows_per_chip=micro / (shape["data"] * shape["fsdp"]),
       attention_impl=_impl_name(model_cfg.attention_impl, pool[0].platform, cfg.data.seq_len),
       remat_policy=model_cfg.remat_policy,
-      error=error, other_meshes=others)
+      error=error, other_meshes=others, collectives=collectives, ici_bytes_per_s=ici)
