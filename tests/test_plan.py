@@ -113,8 +113,20 @@ HloModule step
 }}, continued"}
 }
 
+%wdg_cond (q: (bf16[4,8], u32[])) -> pred[] {
+  %constant.7 = u32[]{:T(128)} constant(4)
+  %q = (bf16[4,8], u32[]) parameter(0)
+  %i = u32[]{:T(128)} get-tuple-element(%q), index=1
+  ROOT %c = pred[]{:T(512)} compare(%i, %constant.7), direction=LT
+}
+
+%wdg_body (q: (bf16[4,8], u32[])) -> (bf16[4,8], u32[]) {
+  %cp = (bf16[4,8]{1,0:T(8,128)(2,1)}, bf16[4,8]{1,0:T(8,128)(2,1)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%g), channel_id=3, source_target_pairs={{0,1},{1,0}}
+}
+
 ENTRY %main (a: f32[8]) -> f32[8] {
   %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body
+  %w2 = (bf16[4,8], u32[]) while(%t2), condition=%wdg_cond, body=%wdg_body
   %ar = f32[256]{0} all-reduce(%z), replica_groups=[2,4]<=[8], to_apply=%add
 }
 """
@@ -123,7 +135,8 @@ ENTRY %main (a: f32[8]) -> f32[8] {
 def test_collectives_count_loop_trips_and_tpu_fused_reduce_scatter():
   """The HLO reader on the shapes TPU's compiler prints: a while loop without XLA's trip-count
   annotation (the condition's `i < 28`), a reduce-scatter fused as `all-reduce-scatter`, an
-  instruction continued over lines, and the three replica-group notations."""
+  instruction continued over lines, the three replica-group notations, and a collective
+  matmul's loop (an unsigned counter; an async permute whose tuple ends in context scalars)."""
   from z1_jax.collectives import collective_bytes
   stats = collective_bytes(SYNTHETIC_HLO, devices=8)
   ag, rs, ar = stats["all-gather"], stats["reduce-scatter"], stats["all-reduce"]
@@ -133,6 +146,8 @@ def test_collectives_count_loop_trips_and_tpu_fused_reduce_scatter():
   assert rs.wire_bytes == pytest.approx(rs.bytes * 3 / 4)
   assert (ar.count, ar.bytes) == (1, 256 * 4)  # the all-reduce inside the fusion is not counted
   assert ar.wire_bytes == pytest.approx(2 * 1024 * 3 / 4)
+  cp = stats["collective-permute"]
+  assert (cp.count, cp.bytes, cp.wire_bytes) == (4, 4 * 4 * 8 * 2, 4 * 4 * 8 * 2)
 
 
 def test_fsdp_step_on_cpu_devices_reports_its_collectives(capsys):

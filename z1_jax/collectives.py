@@ -14,6 +14,9 @@ Counting rules (the assumptions, stated once):
 - Bytes on the wire per device, for a group of n devices (bandwidth-optimal ring algorithms):
   all-gather `result * (n-1)/n`; reduce-scatter `input * (n-1)/n`; all-reduce
   `2 * size * (n-1)/n`; all-to-all `size * (n-1)/n`; collective-permute `size`.
+- TPU often lowers an FSDP all-gather or reduce-scatter feeding a matmul into a "collective
+  matmul" (`windowed_dot_general` loops of collective-permutes that overlap the matmul): those
+  bytes are counted as collective-permutes, which is what runs.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _trip_count(line: str, bodies: dict[str, list[str]], condition: str) -> int:
     return int(m.group(1))
   constants = {}
   for cl in bodies.get(condition, []):
-    c = re.match(r"\s*%([\w.\-]+)\s+=\s+s(?:32|64)\[\][^=]*constant\((\d+)\)", cl)
+    c = re.match(r"\s*%([\w.\-]+)\s+=\s+[su](?:8|16|32|64)\[\][^=]*constant\((\d+)\)", cl)
     if c:
       constants[c.group(1)] = int(c.group(2))
   for cl in bodies.get(condition, []):
@@ -122,8 +125,9 @@ def collective_bytes(hlo: str, devices: int = 1) -> dict[str, CollectiveStats]:
       if op:
         kind, n = op.group(2), _group_size(line, devices)
         size = shape_bytes(op.group(1))
-        if "-start(" in line and op.group(1).startswith("("):  # async: (operand, result) tuple
-          size = shape_bytes(re.split(r",\s*(?=[a-z]\d*\[)", op.group(1).strip("()"))[-1])
+        if "-start(" in line and op.group(1).startswith("("):
+          # async: (operand, result, context scalars...): the result is the second element
+          size = shape_bytes(re.split(r",\s*(?=[a-z]+\d*\[)", op.group(1).strip("()"))[1])
         if kind == "reduce-scatter":
           size *= n  # the result is one shard of the input
         factor = {"all-reduce": 2 * (n - 1) / n, "collective-permute": 1.0}.get(

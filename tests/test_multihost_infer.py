@@ -1,0 +1,125 @@
+"""Inference on a pod, the way CI can run one: `z1 generate --prompts` and `z1 sweep` on 2
+processes x 2 CPU devices (gloo) write the same files as one process on one device; and
+checkpoints named by `file://` URIs (the code path of `gs://`) are read by generate, sweep and
+`convert orbax-to-hf`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SWEEP_FILES = ("samples.jsonl", "summary.json", "summary.md", "sweep.png")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+  """(tiny HF dir with the real tokenizer, the same weights as an Orbax checkpoint, AIME rows)."""
+  import z1_jax
+  from z1_jax.checkpoint.hf import save_hf
+  from z1_jax.checkpoint.orbax_io import save_params
+  from z1_jax.data.tokenizer import load_tokenizer
+  from z1_jax.eval.benchmarks import _package_file
+  from z1_jax.model.config import get_preset
+  from z1_jax.model.qwen2 import create_model
+  root = tmp_path_factory.mktemp("pod-infer")
+  save_hf(create_model(get_preset("tiny"), seed=3), root / "hf", dtype="float32",
+          tokenizer=load_tokenizer())
+  save_params(z1_jax.load_hf(root / "hf"), root / "ck")
+  rows = json.loads(_package_file("mmath", "mmath", "en.json").read_text())
+  (root / "aime.json").write_text(json.dumps([r for r in rows
+                                              if r["data_source"] == "AIME2024"][:3]))
+  return root
+
+
+def _z1(argv: list[str], processes: int, timeout: int = 400) -> None:
+  """Runs `z1 ARGV` as one process on one device, or as `processes` x 2 CPU devices."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  if processes == 1:
+    env.pop("XLA_FLAGS", None)
+    runs = [[]]
+  else:
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    runs = [["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+             "--process-id", str(i)] for i in range(processes)]
+  procs = [subprocess.Popen([sys.executable, "-m", "z1_jax", *argv, *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for extra in runs]
+  for p in procs:
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out[-3000:]
+
+
+def _requests(path: Path) -> Path:
+  rows = [{"id": "plain", "prompt": "def add(a, b):", "max_new_tokens": 9},
+          {"id": "budget", "prompt": "Compute 17 + 25.", "thinking_budget": 20,
+           "answer_tokens": 4},
+          {"id": "sampled", "prompt_ids": [3, 4, 5], "thinking_budget": 16, "answer_tokens": 3,
+           "temperature": 0.8, "seed": 7},
+          {"id": "short", "prompt": "Hi", "max_new_tokens": 2},
+          {"id": "topk", "prompt": "x = ", "thinking_budget": 24, "answer_tokens": 5,
+           "top_k": 20, "temperature": 1.0}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+@pytest.mark.slow
+def test_generate_on_two_processes_equals_one_process(model_dirs, tmp_path):
+  req = _requests(tmp_path / "req.jsonl")
+  base = ["generate", "--hf", str(model_dirs / "hf"), "--prompts", str(req), "--batch-size",
+          "2", "--no-progress"]  # 5 requests through 2 slots: rows enter and leave
+  _z1([*base, "--out", str(tmp_path / "one.jsonl")], 1)
+  for mesh in ("2,1,2", "1,1,4"):  # batch across the processes; heads across them
+    _z1([*base, "--mesh", mesh, "--out", str(tmp_path / f"pod-{mesh}.jsonl")], 2)
+    assert (tmp_path / f"pod-{mesh}.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+  rows = [json.loads(x) for x in (tmp_path / "one.jsonl").read_text().splitlines()]
+  assert [r["id"] for r in rows] == ["plain", "budget", "sampled", "short", "topk"]
+  assert rows[0]["answer_tokens"] == 0 and len(rows[0]["tokens"]) <= 9
+
+
+@pytest.mark.slow
+def test_sweep_on_two_processes_equals_one_process_also_from_a_file_uri(model_dirs, tmp_path):
+  base = ["sweep", "--benchmark", "humaneval,aime2024", "--limit", "3", "--data",
+          f"aime2024={model_dirs / 'aime.json'}", "--budgets", "16,24", "--answer-tokens", "6",
+          "--batch-size", "4", "--workers", "2", "--no-progress"]
+  hf = ["--hf", str(model_dirs / "hf")]
+  _z1([*base, *hf, "--out", str(tmp_path / "one")], 1)
+  _z1([*base, *hf, "--mesh", "2,1,2", "--out", str(tmp_path / "pod")], 2)
+  for name in SWEEP_FILES:
+    assert (tmp_path / "pod" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+  # the same weights as an Orbax checkpoint named by a URI, read by a pod
+  _z1([*base, "--ckpt", f"file://{model_dirs / 'ck'}", "--tokenizer", str(model_dirs / "hf"),
+       "--mesh", "1,1,4", "--out", str(tmp_path / "uri")], 2)
+  assert (tmp_path / "uri" / "samples.jsonl").read_text() == (
+      tmp_path / "one" / "samples.jsonl").read_text()
+  summary, uri = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "uri"))
+  assert set(summary["benchmarks"]) == {"humaneval", "aime2024"}
+  assert uri["benchmarks"] == summary["benchmarks"]
+  assert uri["model"] == f"ckpt:{model_dirs / 'ck'}" and uri["config"]["dtype"] == "float32"
+
+
+def test_convert_reads_and_writes_file_uris_and_refuses_other_uri_outputs(model_dirs, tmp_path,
+                                                                         capsys):
+  import numpy as np
+  from safetensors.numpy import load_file
+
+  from z1_jax.cli import main
+  assert main(["convert", "orbax-to-hf", "--ckpt", f"file://{model_dirs / 'ck'}", "--out",
+               f"file://{tmp_path / 'hf'}", "--dtype", "float32"]) == 0
+  got, want = (load_file(d / "model.safetensors") for d in (tmp_path / "hf", model_dirs / "hf"))
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])
+  assert main(["convert", "hf-to-orbax", "--hf", str(model_dirs / "hf"), "--out",
+               f"file://{tmp_path / 'ck'}"]) == 0
+  assert (tmp_path / "ck").is_dir() and not (tmp_path / "file:").exists()
+  capsys.readouterr()
+  assert main(["convert", "hf-to-orbax", "--hf", str(model_dirs / "hf"), "--out",
+               "gs://bucket/ck"]) == 2
+  assert "--out gs://bucket/ck: this output is written on local disk" in capsys.readouterr().err
