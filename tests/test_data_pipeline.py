@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from z1_jax.data.encode import EncodeConfig, encode_dataset

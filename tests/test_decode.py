@@ -182,7 +182,6 @@ def test_cache_write_past_the_end_is_an_error(tiny):
 
 
 def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
-  import jax
   from z1_jax.model.sharding import SERVING_RULES, LogicalRules, make_mesh
   _, model, prompts = tiny
   _, path = hf_checkpoint("untied-gqa4-theta")

@@ -4,7 +4,6 @@ import base64
 import json
 import os
 import pickle
-import signal
 import time
 import zlib
 

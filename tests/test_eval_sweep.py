@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from z1_jax.cli import main
-from z1_jax.eval import sweep as sweep_mod
 from z1_jax.eval.report import figure_size_px, summarize
 from z1_jax.eval.sweep import OUTPUT_FILES
 

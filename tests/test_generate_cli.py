@@ -146,3 +146,22 @@ def test_generate_reads_a_file_uri_checkpoint(hf_checkpoint, tmp_path, capsys):
   assert main(["generate", "--hf", str(path), *argv]) == 0
   from_uri, from_hf = _rows(capsys)
   assert from_uri["tokens"] == from_hf["tokens"]
+
+
+def test_generate_refuses_an_fsdp_decode_mesh(hf_checkpoint, tmp_path, capsys):
+  _, path = hf_checkpoint("untied-gqa4-theta")
+  assert main(["generate", "--hf", str(path), "--prompt-ids", "3,4", "--max-new-tokens", "2",
+               "--mesh", "2,2,2"]) == 2
+  err = capsys.readouterr().err
+  assert "--mesh 2,2,2: decoding with fsdp > 1 would all-gather every weight" in err
+  assert "4,1,2 or 2,1,4" in err
+
+
+def test_decoding_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
+  import jax
+
+  from z1_jax.infer.load import decode_dtype
+  assert decode_dtype(None) == "float32" and decode_dtype("bfloat16") == "bfloat16"
+  for backend in ("tpu", "gpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert decode_dtype(None) == "bfloat16" and decode_dtype("float32") == "float32"

@@ -14,11 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
-
-pytest.importorskip("z1_jax.infer.engine", reason="z1 serve runs on the decode engine (issue 16)")
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
 
 ROOT = Path(__file__).parents[1]
 MODEL = "tiny-z1"

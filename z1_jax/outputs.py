@@ -28,6 +28,19 @@ _PARTIAL = "z1-partial"
 _OLD = "z1-old"  # a previous output moved aside for the instant of a directory swap
 
 
+def local_path(path: str | os.PathLike, flag: str) -> Path:
+  """The absolute local path of an output: a plain path or a `file://` URI. Other URIs
+  (`gs://`) are refused with a message: these outputs are committed by a local atomic rename,
+  which object stores do not have (training checkpoints go to `gs://` through Orbax)."""
+  text = str(path)
+  if text.startswith("file://"):
+    text = text[len("file://"):]
+  elif "://" in text:
+    raise Z1Error(f"{flag} {path}: this output is written on local disk (committed by "
+                  "an atomic rename); write it locally, then copy it (`gcloud storage cp -r`)")
+  return Path(text).expanduser().resolve()
+
+
 def _host() -> str:
   return socket.gethostname().replace("-", "_").replace(".", "_") or "host"
 
@@ -114,7 +127,7 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = Fals
                       overwrite_flag: str = "--overwrite",
                       inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
   """Checks a file output before any work; returns its absolute path."""
-  out = Path(path).expanduser().resolve()
+  out = local_path(path, flag)
   if out.is_dir():
     raise Z1Error(f"{flag} {path} is a directory; name the file to write")
   _check_not_input(out, flag, inputs)
@@ -128,7 +141,7 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = Fals
 
 def check_dir(path: str | os.PathLike, flag: str) -> Path:
   """A directory that is read and written (a cache): existing and writable, or creatable."""
-  p = Path(path).expanduser().resolve()
+  p = local_path(path, flag)
   if p.exists():
     if not p.is_dir():
       raise Z1Error(f"{flag} {path} is a file; expected a directory")
@@ -145,7 +158,7 @@ def check_output_dir(path: str | os.PathLike, flag: str, overwrite: bool, is_pre
   """Checks a directory output before any work. An existing non-empty directory is replaced
   only with `overwrite` and only when `is_previous(dir)` says it is a previous output of this
   kind (`what`), never a directory holding an input or the current directory."""
-  out = Path(path).expanduser().resolve()
+  out = local_path(path, flag)
   if out.exists() and not out.is_dir():
     raise Z1Error(f"{flag} {path} is an existing file; {what} is a directory")
   if out.is_dir():
@@ -211,7 +224,7 @@ def atomic_path(out: str | os.PathLike, token: str | None = None,
   """Yields a temporary path beside `out` to write (file or directory); on success it replaces
   `out`, on any exception (Ctrl-C included) it is removed. `write=False`: a process that
   takes part in a multi-host write but does not commit."""
-  out = Path(out).expanduser().absolute()
+  out = local_path(out, "output")
   out.parent.mkdir(parents=True, exist_ok=True)
   if write:
     sweep_partials(out)

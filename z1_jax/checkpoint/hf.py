@@ -210,7 +210,7 @@ class _Reader:
   def __init__(self, files: dict[str, Path]):
     self.files = files
     self.handles: dict[Path, Any] = {}
-    self.cpu = jax.devices("cpu")[0]
+    self.cpu = jax.local_devices(backend="cpu")[0]  # this process's own
 
   def __call__(self, key: str) -> np.ndarray:
     f = self.files[key]
@@ -278,7 +278,7 @@ def load_hf(path_or_id: str | os.PathLike, dtype: str | None = None,
 
   graphdef, abstract = nnx.split(abstract_model(cfg, rules))
   shardings = None if rules is None else state_shardings(abstract, rules)
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   read = _Reader(files)
   sources = _hf_sources(cfg)
   for path, keys, stacked in tqdm(sources, desc=f"load {ckpt.name}", unit="param",
@@ -432,7 +432,7 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
 def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
   # safetensors' numpy writer has no bfloat16; its flax writer does (CPU arrays, no copy).
   from safetensors.flax import save_file
-  with jax.default_device(jax.devices("cpu")[0]):
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
     save_file({k: jax.numpy.asarray(v) for k, v in tensors.items()}, str(path),
               metadata={"format": "pt"})
 

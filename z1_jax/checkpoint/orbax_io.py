@@ -29,7 +29,7 @@ from z1_jax.model.sharding import LogicalRules
 
 # Fields that describe how to run the model on this machine, not what the weights are.
 # `scan_layers` is a layout: parameters are stacked or unstacked on restore.
-_RUNTIME_FIELDS = ("dtype", "remat_policy", "scan_layers", "attention_impl")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int | None]:
@@ -110,7 +110,7 @@ def load_params(ckpt_dir: str | os.PathLike, mesh: jax.sharding.Mesh | None = No
 
   def targets(c: Qwen2Config):
     graphdef, abstract = nnx.split(abstract_model(c, rules))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = state_shardings(abstract, rules) if rules is not None else jax.tree.map(
         lambda _: device, abstract)
     return graphdef, abstract, nnx.to_pure_dict(shardings)

@@ -49,6 +49,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, type=choice_of(_benchmarks, "benchmark"),
                      help="humaneval, aime2024, aime2025, math500-mmath, math500, gpqa-diamond, "
@@ -92,12 +93,10 @@ def add_parser(sub) -> None:
   swp.add_argument("--temperature", type=non_negative_float, default=0.0,
                    help="0 = greedy, the paper's setting")
   swp.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
-  swp.add_argument("--mesh", type=mesh_spec, default=None,
-                   help="device mesh DATA,FSDP,TENSOR (default: one device)")
+  swp.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
   swp.add_argument("--batch-size", type=positive_int, default=None,
                    help="problems decoded together (default 64)")
-  swp.add_argument("--dtype", type=float_dtype, default=None,
-                   help="weights and compute dtype for --hf (default float32)")
+  swp.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)
   swp.add_argument("--tokenizer", default=None,
                    help="tokenizer dir (default: --hf's own, else the offline Qwen2.5 one)")
   swp.add_argument("--data", default=None,

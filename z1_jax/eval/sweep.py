@@ -65,7 +65,7 @@ class SweepConfig:
   instruction: str | None = None  # None: Z1's instruction for each benchmark family
   # What is in the model, not only where: a resumed sweep never mixes two models' rows.
   weights: str | None = None  # checkpoint.fingerprint of the HF directory / Orbax step
-  dtype: str | None = None  # --dtype (None: the checkpoint's own / float32)
+  dtype: str | None = None  # --dtype, resolved by `infer.load.decode_dtype`
   tokenizer: str | None = None  # sha256 of the tokenizer's serialized form, or "default"
 
   def __post_init__(self):
@@ -152,7 +152,8 @@ def load_problems(cfg: SweepConfig) -> list[Problem]:
 
 def prepare_out(out: str | os.PathLike, cfg: SweepConfig) -> Path:
   """Creates `out` with config.json, or accepts one holding the same config (resume)."""
-  out = Path(out)
+  from z1_jax.outputs import local_path
+  out = local_path(out, "--out")
   wanted = cfg.to_json()
   if out.exists():
     if not out.is_dir():
@@ -388,21 +389,25 @@ def _tokenizer_identity(tokenizer) -> str:
 def run_from_args(args, mesh=None) -> dict:
   """`z1 sweep`: the config from the command line, checked before the model loads."""
   benchmarks = tuple(b.strip() for b in args.benchmark.split(",") if b.strip())
+  from z1_jax.infer.load import decode_dtype
+  from z1_jax.paths import as_path
   source = ("hf", args.hf) if args.hf else ("ckpt", args.ckpt)
-  if not Path(source[1]).is_dir():
+  where = as_path(source[1])  # --ckpt may be any URI etils.epath knows (gs://, file://)
+  if not where.is_dir():
     raise Z1Error(f"--{source[0]} {source[1]}: not a directory")
   tokenizer = None
-  if args.tokenizer or (source[0] == "hf" and (Path(source[1]) / "tokenizer.json").exists()):
+  if args.tokenizer or (source[0] == "hf" and (where / "tokenizer.json").exists()):
     from z1_jax.data.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer or source[1])
-  cfg = SweepConfig(model=f"{source[0]}:{Path(source[1]).resolve()}", benchmarks=benchmarks,
+  model = where.resolve() if isinstance(where, Path) else where  # one spelling per directory
+  cfg = SweepConfig(model=f"{source[0]}:{model}", benchmarks=benchmarks,
                     budgets=tuple(args.budgets), answer_tokens=args.answer_tokens,
                     mode=args.mode, placement=args.placement, limit=args.limit,
                     samples_per_problem=args.samples_per_problem,
                     temperature=args.temperature, seed=args.seed,
                     data=parse_data(args.data, benchmarks), system_prompt=args.system_prompt,
                     instruction=args.instruction,
-                    weights=_weights_identity(*source), dtype=args.dtype,
+                    weights=_weights_identity(*source), dtype=decode_dtype(args.dtype),
                     tokenizer=_tokenizer_identity(tokenizer))
   if args.sandbox_python is not None and not os.access(args.sandbox_python, os.X_OK):
     raise Z1Error(f"--sandbox-python {args.sandbox_python}: not an executable file")

@@ -236,6 +236,7 @@ def run_generate(args) -> int:
 
 
 def add_parser(sub) -> None:
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
   gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
   src = gen.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf", help="HF checkpoint directory or hub id (default: none; one of "
@@ -288,13 +289,11 @@ def add_parser(sub) -> None:
   gen.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
   gen.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (default: the model directory's, if any)")
-  gen.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
+  gen.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)
   gen.add_argument("--batch-size", type=positive_int, default=None,
                    help="slots: the most rows decoded at once (default: all requests, up to "
                         "64, a power of two)")
-  gen.add_argument("--mesh", type=mesh_spec, default=None,
-                   help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1: batch "
-                        "over data, heads over tensor (default: one device)")
+  gen.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.add_argument("--no-progress", action="store_true",
                    help="no progress bar for --prompts (default: shown on stderr)")

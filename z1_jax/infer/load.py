@@ -1,28 +1,57 @@
-"""Loading a model for decoding (`z1 generate`, `z1 sweep`): from a HF directory or an Orbax
-checkpoint, laid out on the mesh with the serving rules (`model.sharding.serving_rules`; with
-fsdp > 1, the training table: weights gathered per token, for models too big for tensor
-parallelism alone), or on one device."""
+"""Loading a model for decoding (`z1 generate`, `z1 sweep`, `z1 serve`): from a HF directory or
+an Orbax checkpoint, in the decoding dtype (`decode_dtype`), laid out on a serving mesh
+(`model.sharding.serving_rules`: rows over `data`, heads over `tensor`) or on one device.
+
+A mesh with `fsdp > 1` is refused: FSDP keeps each weight sharded and gathers it where it is
+used, which in decoding is every layer of every token (the whole model crosses the
+interconnect per token). Models too big for one chip are served with `tensor` parallelism."""
 
 from __future__ import annotations
 
-from z1_jax.model.qwen2 import Qwen2
+from typing import TYPE_CHECKING
+
+from z1_jax.errors import Z1Error
+
+if TYPE_CHECKING:  # importing this module stays light: the command line reads its help texts
+  from z1_jax.model.qwen2 import Qwen2
+
+
+DTYPE_HELP = ("weights and compute dtype (default: bfloat16 on TPU and GPU, float32 on CPU)")
+MESH_HELP = ("serving mesh DATA,1,TENSOR: rows over data, heads over tensor; FSDP > 1 is refused "
+             "(default: one device)")
+
+
+def decode_dtype(dtype: str | None) -> str:
+  """The weights' and compute dtype for decoding: `dtype` if given, else bfloat16 on TPU and GPU
+  (the checkpoints' own dtype; the cache and matmuls at half the bytes) and float32 on CPU
+  (where bfloat16 matmuls are emulated and slower)."""
+  if dtype is not None:
+    return dtype
+  import jax
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def check_serving_mesh(mesh, flag: str = "--mesh") -> None:
+  if mesh is not None and mesh.shape["fsdp"] > 1:
+    d, f, t = (mesh.shape[a] for a in ("data", "fsdp", "tensor"))
+    raise Z1Error(f"{flag} {d},{f},{t}: decoding with fsdp > 1 would all-gather every weight on "
+                  f"every token; use a serving mesh DATA,1,TENSOR (rows over data, heads over "
+                  f"tensor), e.g. {d * f},1,{t} or {d},1,{f * t}")
 
 
 def load_for_decoding(hf: str | None = None, ckpt: str | None = None, mesh=None,
                       dtype: str | None = None) -> Qwen2:
-  from z1_jax.model.sharding import LogicalRules, serving_rules
+  from z1_jax.model.sharding import serving_rules
+  check_serving_mesh(mesh)
   if hf is not None:
     from z1_jax.checkpoint.hf import load_hf, read_hf_config, resolve_checkpoint_dir
     read = lambda: read_hf_config(resolve_checkpoint_dir(hf))
   else:
     from z1_jax.checkpoint.orbax_io import load_params, read_config
     read = lambda: read_config(ckpt)[0]
-  rules = None
-  if mesh is not None:
-    rules = (serving_rules(mesh, read().num_heads) if mesh.shape["fsdp"] == 1 else
-             LogicalRules(mesh))
+  rules = None if mesh is None else serving_rules(mesh, read().num_heads)
+  dtype = decode_dtype(dtype)
   if hf is not None:
     return load_hf(hf, dtype=dtype, rules=rules)
-  overrides = {} if dtype is None else {"dtype": dtype}  # the compute dtype
-  # decoding wants unrolled layers: a scanned checkpoint is unstacked while it loads
-  return load_params(ckpt, rules=rules, scan_layers=False, **overrides)
+  # weights cast as they are read; decoding wants unrolled layers (a scanned checkpoint unstacks)
+  return load_params(ckpt, rules=rules, scan_layers=False, dtype=dtype, param_dtype=dtype)

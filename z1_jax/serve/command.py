@@ -134,6 +134,7 @@ def run_serve(args) -> int:
 
 
 def add_parser(sub) -> None:
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
   p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a thinking budget per "
                      "request (continuous batching on the decode engine)")
   src = p.add_mutually_exclusive_group(required=True)
@@ -163,10 +164,8 @@ def add_parser(sub) -> None:
   p.add_argument("--shutdown-timeout", type=positive_float, default=30.0,
                  help="seconds in-flight requests may take to finish after SIGTERM before "
                       "they are cancelled")
-  p.add_argument("--mesh", type=mesh_spec, default=None,
-                 help="device mesh DATA,FSDP,TENSOR; serving layout when FSDP is 1 (default: "
-                      "one device)")
-  p.add_argument("--dtype", type=float_dtype, default=None, help="default float32")
+  p.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
+  p.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer directory (default: the model directory's)")
   distributed.add_args(p)
