@@ -264,4 +264,8 @@ def test_two_processes_equal_one_process_and_one_device(tmp_path, arith):
   # batch axis across processes: disjoint rows; tensor axis across: both feed every row
   assert set(rows["data_across"][0]).isdisjoint(rows["data_across"][1])
   assert rows["tensor_across"][0] == rows["tensor_across"][1] == list(range(8))
+  # tokenized once: process 0 wrote the shared cache, process 1 read the same tokens from it
+  enc = [json.loads((tmp_path / "pod" / f"encoded{i}.json").read_text()) for i in range(2)]
+  assert [e["from_cache"] for e in enc] == [False, True]
+  assert enc[0]["tokens"] == enc[1]["tokens"]
   assert MESH_AXES == ("data", "fsdp", "tensor")

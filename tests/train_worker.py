@@ -3,7 +3,7 @@
 usage: train_worker.py OUT_DIR PROCESS_ID PORT DATA_JSONL
 Trains 3 steps twice: on make_mesh(2, 2, 2) (the data axis crosses the processes) and on a
 data=1 x fsdp=4 x tensor=2 mesh whose tensor axis crosses them. Process 0 writes the metrics;
-each process records which batch rows it fed.
+each process records which batch rows it fed, and whether it tokenized or read the cache.
 """
 
 import json
@@ -43,6 +43,13 @@ for name, mesh in meshes.items():
   rows[name] = host_rows(batch_sharding(mesh, 8, 48), (8, 48)).tolist()
 for name, r in rows.items():
   (out / f"{name}.rows{pid}").write_text(json.dumps(r))
+# the tokenization cache of a pod: process 0 writes it, process 1 reads it
+from z1_jax.data.encode import EncodeConfig, encode_shared  # noqa: E402
+
+enc = encode_shared(EncodeConfig(dataset=str(data), system_prompt=""), out / "shared-cache",
+                    progress=False)
+(out / f"encoded{pid}.json").write_text(json.dumps({"from_cache": enc.from_cache,
+                                                    "tokens": enc.tokens.tolist()}))
 from jax.experimental import multihost_utils  # noqa: E402
 
 multihost_utils.sync_global_devices("rows written")

@@ -54,7 +54,7 @@ class DataSection:
   on_bad_row: str = "error"
   seq_len: int = 8192
   overlong: str = "truncate"
-  cache_dir: str = ""  # tokenization cache; "": <out>/cache
+  cache_dir: str = ""  # tokenization cache; "": none on one host, <out>/cache on a pod
 
 
 @dataclasses.dataclass(frozen=True)

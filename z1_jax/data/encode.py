@@ -24,6 +24,7 @@ from z1_jax.data.sources import (Columns, DataError, Example, ReadStats, read_ex
                                  resolve_files)
 from z1_jax.data.tokenizer import load_tokenizer
 from z1_jax.outputs import atomic_path
+from z1_jax.paths import as_path
 
 CACHE_VERSION = 1
 
@@ -103,10 +104,10 @@ def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None
   tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
   cache = None
   if cache_dir is not None:
-    cache = Path(cache_dir) / f"tokenized-{_cache_key(cfg, tokenizer)}.npz"
+    cache = as_path(cache_dir) / f"tokenized-{_cache_key(cfg, tokenizer)}.npz"
     if cache.exists():
       try:
-        with np.load(cache, allow_pickle=False) as z:
+        with cache.open("rb") as f, np.load(f, allow_pickle=False) as z:
           return Encoded(z["tokens"], z["offsets"], z["prompt_lens"], z["sources"].tolist(),
                          int(z["skipped"]), from_cache=True)
       except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -121,8 +122,31 @@ def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None
   encoded = encode_texts(tokenizer, examples, cfg, progress=progress)
   encoded.skipped = stats.skipped
   if cache is not None:
-    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-      np.savez(f, tokens=encoded.tokens, offsets=encoded.offsets,
-               prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
-               skipped=np.asarray(encoded.skipped))
+    arrays = dict(tokens=encoded.tokens, offsets=encoded.offsets,
+                  prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
+                  skipped=np.asarray(encoded.skipped))
+    if isinstance(cache, Path):
+      with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    else:  # an object store (gs://): an object appears whole when its upload completes
+      cache.parent.mkdir(parents=True, exist_ok=True)
+      with cache.open("wb") as f:
+        np.savez(f, **arrays)
   return encoded
+
+
+def encode_shared(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None,
+                  tokenizer=None, progress: bool = True) -> Encoded:
+  """`encode_dataset` for a multi-process run: with a `cache_dir`, process 0 tokenizes and
+  writes the cache while the others wait, then they read it (a `gs://` or shared directory:
+  the dataset is tokenized once for the whole pod; a per-host local directory: each other host
+  finds no cache there and tokenizes for itself, which is correct, only slower). The trainer
+  then checks that every host packed the same rows (`train/data_identity.py`)."""
+  import jax
+  if jax.process_count() == 1 or cache_dir is None:
+    return encode_dataset(cfg, cache_dir, tokenizer, progress)
+  from jax.experimental import multihost_utils
+  lead = jax.process_index() == 0
+  encoded = encode_dataset(cfg, cache_dir, tokenizer, progress) if lead else None
+  multihost_utils.sync_global_devices("z1: tokenization cache written")
+  return encoded if lead else encode_dataset(cfg, cache_dir, tokenizer, progress=False)

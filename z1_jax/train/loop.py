@@ -92,9 +92,11 @@ def _write_run_file(out: Path, cfg: RunConfig, data: dict) -> None:
   tmp.replace(out / RUN_FILE)
 
 
-def load_packed(cfg: RunConfig, eval_split: bool = False, progress: bool = True):
-  """Tokenized, packed rows of the train (or held-out) split; None when no held-out split."""
-  from z1_jax.data.encode import EncodeConfig, encode_dataset
+def load_packed(cfg: RunConfig, cache_dir, eval_split: bool = False, progress: bool = True):
+  """Tokenized, packed rows of the train (or held-out) split; None when no held-out split.
+  Tokenized once per pod into `data.cache_dir` (multi-process default: `<out>/cache`;
+  `encode_shared`)."""
+  from z1_jax.data.encode import EncodeConfig, encode_shared
   from z1_jax.data.pack import pack
   from z1_jax.data.sources import Columns, sample_dataset_path
   from z1_jax.data.tokenizer import load_tokenizer
@@ -107,8 +109,8 @@ def load_packed(cfg: RunConfig, eval_split: bool = False, progress: bool = True)
                       system_prompt=d.system_prompt, strip_think_tags=d.strip_think_tags,
                       columns=Columns(d.question_column, d.response_column),
                       on_bad_row=d.on_bad_row, split=d.eval_split if eval_split else d.split)
-  encoded = encode_dataset(ecfg, cache_dir=d.cache_dir or None, tokenizer=tokenizer,
-                           progress=progress)
+  encoded = encode_shared(ecfg, cache_dir=d.cache_dir or cache_dir, tokenizer=tokenizer,
+                          progress=progress)
   return pack(encoded, d.seq_len, tokenizer.pad_token_id or 0, d.overlong)
 
 
@@ -190,8 +192,10 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   model_cfg, hf_dir = _model_config(cfg, ckpt, latest)
 
   t_data = time.perf_counter()
-  packed = load_packed(cfg, progress=main and progress)
-  eval_packed = load_packed(cfg, eval_split=True, progress=main and progress)
+  # a pod shares one tokenization through the run directory; one host needs no default cache
+  shared = out / "cache" if jax.process_count() > 1 else None
+  packed = load_packed(cfg, shared, progress=main and progress)
+  eval_packed = load_packed(cfg, shared, eval_split=True, progress=main and progress)
   data_id = fingerprint(packed)
   check_same_on_every_host(data_id)
   if record is not None:
