@@ -67,15 +67,16 @@ def table(rows: list[dict]) -> str:
 
 def speed_table(rows: list[dict]) -> str:
   gib = lambda b: f"{b / 2**30:.1f}"
-  out = ["| slice | chips | seq | all-gather | reduce-scatter | all-reduce | wire GiB | "
-         "compute s | ICI s | step >= s | MFU <= |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  out = ["| slice | chips | seq | all-gather | reduce-scatter | all-reduce | permute | wire GiB | "
+         "compute s | ICI s | step >= s | MFU <= |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   rows = [p for p in rows if p.get("collectives") and not p.get("extra")]
   for p in sorted(rows, key=lambda p: (p["seq_len"], SLICES.index(p["target"]))):
     c = p["collectives"]
     wire = sum(v["wire_bytes"] for v in c.values())
     out.append(f"| {p['target']} | {p['chips']} | {p['seq_len']} | "
                + " | ".join(f"{gib(c[k]['bytes'])}" for k in
-                            ("all-gather", "reduce-scatter", "all-reduce"))
+                            ("all-gather", "reduce-scatter", "all-reduce", "collective-permute"))
                + f" | {gib(wire)} | {p['ideal_step_s']:.2f} | {p['comm_s']:.2f} | "
                f"{p['step_lower_bound_s']:.2f} | {p['mfu_upper_bound']:.0%} |")
   return "\n".join(out)

@@ -63,5 +63,13 @@ def test_bench_commands_print_figure_and_reference(capsys):
   assert main(["bench", "forward", "--preset", "tiny", "--seq-len", "16", "--repeats", "1",
                "--json"]) == 0
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [r["impl"] for r in rows] == ["z1-jax", "hf-torch", "ratio z1-jax/hf-torch"]
+  assert [r["impl"] for r in rows] == ["z1-jax", "hf-torch", "ratio z1-jax/hf-torch", "machine"]
   assert all(r["prefill_tokens_per_s"] > 0 and r["decode_step_ms"] > 0 for r in rows[:2])
+  assert rows[-1]["cpus"] >= 1 and rows[-1]["cpu_isa"]
+  assert main(["bench", "decode", "--preset", "tiny", "--batch", "4", "--mix", "4,32",
+               "--requests", "8", "--prompt-len", "8", "--repeats", "1", "--json"]) == 0
+  row = json.loads(capsys.readouterr().out.splitlines()[0])
+  assert row["impl"] == "z1-jax engine" and row["requests"] == 8
+  assert 0 < row["static_batch_useful_fraction"] <= 1 and row["mixed_over_all_longest"] > 0
+  assert main(["bench", "decode", "--mix", "32,4"]) == 2
+  assert "--mix 32,4: expected two lengths LO,HI with 0 < LO < HI" in capsys.readouterr().err

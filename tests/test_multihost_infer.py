@@ -5,6 +5,8 @@ checkpoints named by `file://` URIs (the code path of `gs://`) are read by gener
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -35,8 +37,8 @@ def model_dirs(tmp_path_factory):
   return root
 
 
-def _z1(argv: list[str], processes: int, timeout: int = 400) -> None:
-  """Runs `z1 ARGV` as one process on one device, or as `processes` x 2 CPU devices."""
+def _start(argv: list[str], processes: int, **popen) -> list[subprocess.Popen]:
+  """Starts `z1 ARGV` as one process on one device, or as `processes` x 2 CPU devices."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   if processes == 1:
     env.pop("XLA_FLAGS", None)
@@ -48,12 +50,19 @@ def _z1(argv: list[str], processes: int, timeout: int = 400) -> None:
       port = s.getsockname()[1]
     runs = [["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
              "--process-id", str(i)] for i in range(processes)]
-  procs = [subprocess.Popen([sys.executable, "-m", "z1_jax", *argv, *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for extra in runs]
+  return [subprocess.Popen([sys.executable, "-m", "z1_jax", *argv, *extra], env=env,
+                           text=True, **popen) for extra in runs]
+
+
+def _z1(argv: list[str], processes: int, timeout: int = 400) -> str:
+  """Runs `z1 ARGV` (see `_start`) to the end; returns process 0's output."""
+  procs = _start(argv, processes, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  outs = []
   for p in procs:
     out, _ = p.communicate(timeout=timeout)
     assert p.returncode == 0, out[-3000:]
+    outs.append(out)
+  return outs[0]
 
 
 def _requests(path: Path) -> Path:
@@ -123,3 +132,40 @@ def test_convert_reads_and_writes_file_uris_and_refuses_other_uri_outputs(model_
   assert main(["convert", "hf-to-orbax", "--hf", str(model_dirs / "hf"), "--out",
                "gs://bucket/ck"]) == 2
   assert "--out gs://bucket/ck: this output is written on local disk" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp_path):
+  """Process 0 serves HTTP and broadcasts each turn's requests; both run the engine."""
+  import openai
+
+  from z1_jax.data.tokenizer import load_tokenizer
+  ids = load_tokenizer().encode("print(1 + 1)", add_special_tokens=False)
+  out = _z1(["generate", "--hf", str(model_dirs / "hf"), "--prompt-ids", ",".join(map(str, ids)),
+             "--thinking-budget", "18", "--answer-tokens", "6", "--json"], 1)
+  row = json.loads(out.strip().splitlines()[-1])
+  procs = _start(["serve", "--hf", str(model_dirs / "hf"), "--port", "0", "--batch-size", "4",
+                  "--max-seq-len", "64", "--mesh", "2,1,2"], 2, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
+  try:
+    lines, url = [], None
+    for line in procs[0].stderr:
+      lines.append(line)
+      m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
+      if m:
+        url = m.group(1)
+        break
+    assert url, "".join(lines)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    r = client.completions.create(model="hf", prompt=ids, max_tokens=24, temperature=0,
+                                  extra_body={"thinking_token_budget": 18})
+    assert r.model_extra["z1"]["thinking_tokens"] == row["thinking_tokens"]
+    assert r.usage.completion_tokens == len(row["tokens"])
+    trigger = "\n\nI overthought it, the final answer should be:\n\n"
+    assert r.choices[0].model_extra["reasoning_content"] + trigger + r.choices[0].text == row[
+        "text"]
+  finally:
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=120) for p in procs]
+  assert codes == [0, 0]  # SIGTERM: process 0 stops serving and tells process 1 to stop

@@ -82,7 +82,8 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], dict[str, str], str]:
   return bodies, headers, entry
 
 
-def _trip_count(line: str, bodies: dict[str, list[str]], condition: str) -> int:
+def _trip_count(line: str, bodies: dict[str, list[str]], condition: str,
+                unknown: int | None = None) -> int:
   m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
   if m:
     return int(m.group(1))
@@ -96,12 +97,19 @@ def _trip_count(line: str, bodies: dict[str, list[str]], condition: str) -> int:
       for ref in re.findall(r"%([\w.\-]+)", cl.split("compare(", 1)[1]):
         if ref in constants:
           return constants[ref]
-  raise ValueError(f"cannot tell the trip count of the while loop with condition %{condition}")
+  if unknown is not None:
+    return unknown
+  raise ValueError(f"cannot tell the trip count of the while loop with condition %{condition} "
+                   "(a data-dependent loop: pass unknown_trips)")
 
 
-def collective_bytes(hlo: str, devices: int = 1) -> dict[str, CollectiveStats]:
+def collective_bytes(hlo: str, devices: int = 1,
+                     unknown_trips: int | None = None) -> dict[str, CollectiveStats]:
   """Collectives of one call of the compiled program `hlo` (`compiled.as_text()`), per device.
-  `devices`: the group size for an op without replica groups (all devices)."""
+  `devices`: the group size for an op without replica groups (all devices). `unknown_trips`:
+  the trips counted for a loop whose count depends on data (the decode chunk, which stops
+  when every row is done: 1 gives the collectives per token); by default such a loop is an
+  error."""
   bodies, headers, entry = _computations(hlo)
   stats = {k: CollectiveStats() for k in KINDS}
 
@@ -111,7 +119,8 @@ def collective_bytes(hlo: str, devices: int = 1) -> dict[str, CollectiveStats]:
     for line in bodies[name]:
       w = re.search(r"\bwhile\(.*condition=%([\w.\-]+), body=%([\w.\-]+)", line)
       if w:
-        visit(w.group(2), times * _trip_count(line, bodies, w.group(1)), depth + 1)
+        visit(w.group(2), times * _trip_count(line, bodies, w.group(1), unknown_trips),
+              depth + 1)
         continue
       f = re.search(r"kind=kCustom, calls=%(all-reduce-scatter[\w.\-]*)", line)
       if f:  # TPU's fused reduce-scatter: input = the called computation's parameters

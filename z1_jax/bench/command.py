@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from z1_jax.cli_args import choice_of, int_list, positive_int
+from z1_jax.errors import Z1Error
 
 
 def run(args) -> int:
@@ -16,6 +17,13 @@ def run(args) -> int:
   elif args.what == "data":
     from z1_jax.bench.data import bench_data
     rows = bench_data(args.examples, args.seq_len, args.tokenize_examples)
+  elif args.what == "decode" and args.mix:
+    from z1_jax.bench.decode import bench_padding
+    if len(args.mix) != 2 or not 0 < args.mix[0] < args.mix[1]:
+      raise Z1Error(f"--mix {','.join(map(str, args.mix))}: expected two lengths LO,HI with "
+                    "0 < LO < HI")
+    rows = bench_padding(args.preset, args.batch, args.requests, *args.mix, args.prompt_len,
+                         args.repeats)
   elif args.what == "decode":
     from z1_jax.bench.decode import bench_decode
     rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
@@ -74,6 +82,13 @@ def add_parser(sub) -> None:
                         "(default: no sweep)")
   dec.add_argument("--answer-tokens", type=positive_int, default=32,
                    help="answer allowance of the sweep")
+  dec.add_argument("--mix", type=int_list, default=None,
+                   help="LO,HI: instead, the engine's useful tokens/s on --requests requests "
+                        "of log-uniform lengths LO..HI through --batch slots, against the same "
+                        "requests all at HI (no HF run; e.g. --preset tiny --batch 8 --mix "
+                        "12,768 --prompt-len 16)")
+  dec.add_argument("--requests", type=positive_int, default=64,
+                   help="requests of the --mix run")
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=positive_int, default=None,
                    help="parallel samples (default: the number of CPUs)")

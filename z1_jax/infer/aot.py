@@ -17,6 +17,7 @@ from z1_jax.infer import window
 from z1_jax.infer.engine import DecodeState, _rows_init, admit, decode_chunk
 from z1_jax.model.config import Qwen2Config
 from z1_jax.model.qwen2 import KVCache, abstract_model, init_cache, state_shardings
+from z1_jax.model.serving import padded_config
 from z1_jax.model.sharding import serving_rules
 
 
@@ -30,6 +31,7 @@ def compile_decode(cfg: Qwen2Config, mesh: jax.sharding.Mesh, batch: int, prompt
 
   Returns, per program: compile seconds and the compiler's memory figures (bytes per device).
   """
+  cfg = padded_config(cfg, mesh.shape["tensor"])  # the layout `load_for_decoding` serves
   rules = serving_rules(mesh, cfg.num_heads)
   graphdef, abstract = nnx.split(abstract_model(cfg, rules))
   shardings = state_shardings(abstract, rules)

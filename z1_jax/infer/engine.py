@@ -443,8 +443,10 @@ class Engine:
   # -- compiled programs, host side -------------------------------------------------------------
   def warmup(self) -> None:
     """Compiles every program this engine can dispatch (decode variants, admission buckets)."""
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                         self._state)
+    # the cache's mesh sharding; the small row state is uncommitted (placed where jit puts it,
+    # as in `step`): naming its one device here would clash with a mesh spanning processes
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=x.sharding if x.committed else None), self._state)
     for kind in ("greedy", "sample", "filter"):
       decode_chunk.lower(self.graphdef, self.params, state, markers=self.markers,
                          steps=self.chunk_steps, kind=kind).compile()

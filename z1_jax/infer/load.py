@@ -1,6 +1,7 @@
 """Loading a model for decoding (`z1 generate`, `z1 sweep`, `z1 serve`): from a HF directory or
 an Orbax checkpoint, in the decoding dtype (`decode_dtype`), laid out on a serving mesh
-(`model.sharding.serving_rules`: rows over `data`, heads over `tensor`) or on one device.
+(`model.sharding.serving_rules`: rows over `data`, heads over `tensor`; query heads that do
+not divide over `tensor` are padded, `model/serving.py`) or on one device.
 
 A mesh with `fsdp > 1` is refused: FSDP keeps each weight sharded and gathers it where it is
 used, which in decoding is every layer of every token (the whole model crosses the
@@ -41,6 +42,7 @@ def check_serving_mesh(mesh, flag: str = "--mesh") -> None:
 
 def load_for_decoding(hf: str | None = None, ckpt: str | None = None, mesh=None,
                       dtype: str | None = None) -> Qwen2:
+  from z1_jax.model.serving import needs_padding, pad_heads, padded_config
   from z1_jax.model.sharding import serving_rules
   check_serving_mesh(mesh)
   if hf is not None:
@@ -52,6 +54,11 @@ def load_for_decoding(hf: str | None = None, ckpt: str | None = None, mesh=None,
   rules = None if mesh is None else serving_rules(mesh, read().num_heads)
   dtype = decode_dtype(dtype)
   if hf is not None:
-    return load_hf(hf, dtype=dtype, rules=rules)
-  # weights cast as they are read; decoding wants unrolled layers (a scanned checkpoint unstacks)
-  return load_params(ckpt, rules=rules, scan_layers=False, dtype=dtype, param_dtype=dtype)
+    model = load_hf(hf, dtype=dtype, rules=rules)
+  else:  # weights cast as read; decoding wants unrolled layers (a scanned checkpoint unstacks)
+    model = load_params(ckpt, rules=rules, scan_layers=False, dtype=dtype, param_dtype=dtype)
+  if mesh is not None and needs_padding(model.cfg, mesh.shape["tensor"]):
+    # loaded with head_dim split over tensor, served with padded heads (`model/serving.py`)
+    padded = padded_config(model.cfg, mesh.shape["tensor"])
+    model = pad_heads(model, serving_rules(mesh, padded.num_heads))
+  return model
