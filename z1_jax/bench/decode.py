@@ -108,10 +108,12 @@ def bench_decode(preset: str = "qwen2.5-0.5b", batch: int = 1, prompt_len: int =
 
 def _bench_sweep(model, ids, budgets, answer_tokens, common, repeats) -> dict:
   """Sweep vs one run at the largest budget (medians of alternating rounds) vs the separate
-  runs (once). Random weights never end by themselves: every row takes every branch, the
-  sweep's worst case."""
+  runs (once), all on an engine of the same slots. Random weights never end by themselves:
+  every row takes every branch, the sweep's worst case."""
   trigger = list(range(1, 13))  # 12 ids, as long as the Z1 trigger
-  kw = dict(answer_tokens=answer_tokens, trigger_ids=trigger, eos_ids=[])
+  # the same slots for every run: the sweep's (a slot beside the trunks for the branches)
+  kw = dict(answer_tokens=answer_tokens, trigger_ids=trigger, eos_ids=[],
+            batch_size=len(ids) + 1)
   run_sweep = lambda: sweep(model, ids, budgets, **kw)
   run_one = lambda b: generate(model, ids, thinking_budget=b, **kw)
   run_sweep(), run_one(budgets[-1])  # compile

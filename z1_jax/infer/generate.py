@@ -185,6 +185,9 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   plans = [_budget(opts.mode, b, answer_tokens, opts.placement, opts.trigger, opts.trigger_ids,
                    opts.tokenizer, None)[0] for b in budgets]
   prompts = _check_prompts(prompts)
+  if opts.batch_size is None and len(budgets) > 1:
+    # a slot beside the trunks for the branches: without one, every budget is decoded apart
+    opts = dataclasses.replace(opts, batch_size=min(len(prompts), 63) + 1)
   requests = _requests(prompts, opts, thinking_budget=budgets[-1], answer_tokens=answer_tokens,
                        placement=plans[0].placement)
   engine = _unnamed(lambda: _engine(model, prompts, plans[-1].stop, opts, plans[0].marker_ids))
