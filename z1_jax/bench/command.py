@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
                    help="LO,HI: instead, the engine's useful tokens/s on --requests requests "
                         "of log-uniform lengths LO..HI through --batch slots, against the same "
                         "requests all at HI (no HF run; e.g. --preset tiny --batch 8 --mix "
-                        "12,768 --prompt-len 16)")
+                        "12,768 --prompt-len 16; default: off)")
   dec.add_argument("--requests", type=positive_int, default=64,
                    help="requests of the --mix run")
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
