@@ -48,9 +48,9 @@ def padded_config(cfg: Qwen2Config, tensor: int) -> Qwen2Config:
 def _query_source(cfg: Qwen2Config, tensor: int) -> np.ndarray:
   """For each padded query head, the original head it copies, or -1 for a zero head."""
   k, g = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-  r = math.lcm(k, tensor) // k
-  g2 = -(-g // r)
-  src = np.full(k * r * g2, -1)
+  padded = padded_config(cfg, tensor)  # the one place r and G' are derived
+  r, g2 = padded.num_kv_heads // k, padded.num_heads // padded.num_kv_heads
+  src = np.full(padded.num_heads, -1)
   for kv in range(k):
     for j in range(g):
       src[(kv * r + j // g2) * g2 + j % g2] = kv * g + j
