@@ -17,6 +17,7 @@ def test_program_trace_and_answer_by_execution():
   assert q == "x=3;x+=7;x-=2;x+=5;print(x%10)\n\n\n\n"  # padded to a 4-statement program
   assert run_program(q) == 3  # 3+7-2+5 = 13
   assert trace_text(3, [7, -2, 5]) == "3+7=0-2=8+5=3"
+  assert long_trajectory(58, [1, -1], max_steps=3) == "58+1=9-1=8+0=8\n58+1=9-1=8+0=8"
   assert run_program(program_text(1, [-9, -9], max_steps=2)) == 3  # Python's % stays in 0..9
 
 
@@ -95,8 +96,11 @@ def test_long_recipe_same_programs_long_trajectory_for_every_program():
     start = int(r["question"].split(";")[0][2:])
     trajectory = long_trajectory(start, ops, task.max_steps)
     trace = trace_text(start, ops)
-    # the trace on a page of fixed size, then the re-check pass: the trace again
-    assert trajectory == trace + "\n" * (4 * (task.max_steps - len(ops)) + 1) + trace
+    # the trace over every slot of the page (a slot without a statement is `+0`), then the
+    # re-check pass: the same again; one length for every program
+    page = trace + "".join(f"+0={trace[-1]}" for _ in range(task.max_steps - len(ops)))
+    assert trajectory == f"{page}\n{page}"
+    assert len(trajectory) == len(long_trajectory(10, [1] * task.max_steps, task.max_steps))
     if r["kind"] == "trace":
       assert r["response"] == f"{trajectory}\nanswer: {r['answer']}"
     else:
@@ -114,9 +118,9 @@ def test_held_out_has_every_statement_count_equally_and_is_disjoint():
   assert len({r["question"] for r in rows}) == len(rows)
   assert all(r["answer"] == run_program(r["question"]) for r in rows)
   # easy programs are numerous enough to hold 40 out and still train on most of them
-  assert distinct_programs(task, 1) == 540 == len({
+  assert distinct_programs(task, 1) == 180 == len({
       r["question"] for r in generate(20000, task, seed=0) if r["steps"] == 1} | {
-      r["question"] for r in held_out(270, task, seed=3) if r["steps"] == 1})
+      r["question"] for r in held_out(90, task, seed=3) if r["steps"] == 1})
   train = generate(3000, task, seed=0, exclude={r["question"] for r in rows})
   assert not {r["question"] for r in train} & {r["question"] for r in rows}
   assert sum(r["steps"] == 1 for r in train) > 400  # 1-statement programs still train

@@ -2,8 +2,8 @@
 them, in the Z1 dataset schema.
 
 A program sets one value and applies `+k` / `-k` statements, printing the result modulo 10:
-  question   x=8;x+=3;x-=2;x+=1;print(x%10)         (real Python; the answer is what it prints)
-  trace      8+3=1-2=9+1=0                           (one `op k = value` per statement, mod 10)
+  question   x=58;x+=1;x-=1;x-=1;print(x%10)        (real Python; the answer is what it prints)
+  trace      58+1=9-1=8-1=7                          (one `op k = value` per statement, mod 10)
 Each step depends only on the previous value and the next statement, and only + and - occur
 (multiplication skews answers towards 0 and tasks that look up several variables' latest values
 stayed near chance in the prototype). Programs end with blank lines up to a fixed length, and a
@@ -12,26 +12,29 @@ fixed distance in every example: a relative-position lookup, which a tiny model 
 hundred steps. Without the padding the distance depends on the program's length and the model
 must count statements: a 0.84M-parameter model trained that way (with and without one variable
 per statement) learned the format but stayed at chance after 600 steps on this CPU.
-Statements add or subtract 1..`max_k` with `max_k` = 3 by default: with 1..9 a trace value is
-uniform over 0..9 given either the previous value or the statement alone, so there is no
-first-order signal, and the z1-demo model, which had learned to copy every statement, stayed
-at chance on the values (loss flat at 0.43 from step 300 to 690, when the run was stopped);
-with 1..3 the next value lies near the previous one and it learns the arithmetic from about
-step 300. Answers after several steps stay near uniform (chance level about 12%).
+Statements add or subtract 1..`max_k` with `max_k` = 1 by default (each step is +1 or -1).
+With 1..9 a trace value is uniform over 0..9 given either the previous value or the statement
+alone, so there is no first-order signal, and a 0.89M-parameter model that had learned to copy
+every statement stayed at chance on the values (loss flat at 0.43 from step 300 to 690). With
+1..3 the 0.89M model reached 48% after 600 steps and the z1-demo preset (0.17M) 20% after 400:
+both copied every sign and operand and got the sums off by one. With +-1 the z1-demo preset
+traces all of 60 held-out programs right after 300 steps (27% after 150).
 Start values have two digits (10..99; the trace then works modulo 10), so even the
-1-statement programs are numerous (540) and `held_out` can hold out the same number of programs
+1-statement programs are numerous (180) and `held_out` can hold out the same number of programs
 for every statement count without evaluating on training programs.
 Two recipes over the same programs (the demo trains one model on each):
-  z1      a trace whose length follows the statement count: `58+3=1-2=9\nanswer: 9`
-          (`direct_max_steps` > 0 answers programs that short at once, `answer: 9`, as Z1 does
-          for easy problems; the default is 0 because the z1-demo model answering 1- and
-          2-statement programs at once got 0% and 10% of held-out ones right after 400 steps,
-          while it traced 3..6-statement programs 100% right)
+  z1      a trace whose length follows the statement count: `58+1=9-1=8\nanswer: 8`
+          (`direct_max_steps` > 0 answers programs that short at once, `answer: 8`, as Z1 does
+          for easy problems; the default is 0 because the earlier 0.89M model, on +-1..3,
+          answering 1- and 2-statement programs at once got 0% and 10% of held-out ones right
+          after 400 steps, while it traced 3..6-statement programs 100% right)
   long    every program, easy or hard, gets a long trajectory, as R1-style distilled models
-          reason: the trace written on a page of fixed size (padded with newlines like the
-          programs), then a re-check pass (the trace again), then the answer. The padding keeps
-          re-check step i at one fixed distance from trace step i (see above for why that
-          matters to a tiny model); it makes the trajectory nearly flat in the statement count
+          reason: the trace walks every slot of a 6-statement page, checking a slot that holds
+          no statement as `+0` (`58+1=9-1=8+0=8+0=8+0=8+0=8`), then a re-check pass (the same
+          trace again), then the answer: the same length for every program, as an R1-style
+          model spends as long on an easy problem as on a hard one. (The page keeps every step
+          at one fixed distance from its statement and the answer at one fixed distance from
+          the last value; see above for why that matters to a tiny model.)
 Rows of either recipe may instead be *cut*: the thinking cut at a random point by
 `ANSWER_TRIGGER`, then the true answer line (`cut_fraction` of all rows, in both recipes: a
 model trained from scratch has never seen the trigger, and without these rows neither model
@@ -58,7 +61,7 @@ ANSWER_PREFIX = "answer: "
 _ANSWER = re.compile(re.escape(ANSWER_PREFIX) + r"(\d+)")
 KINDS = ("direct", "trace", "cut")
 RECIPES = ("z1", "long")
-# Two-digit start values: 90 of them, so even 1-statement programs (540) are numerous enough
+# Two-digit start values: 90 of them, so even 1-statement programs (180) are numerous enough
 # to hold some out; the trace starts with the start value, then works modulo 10.
 START_MIN, START_MAX = 10, 99
 # Tokens per statement: `;` `x` `+=` `7` in the program, `+` `7` `=` `0` in the trace. Programs
@@ -75,7 +78,7 @@ class ChainTask:
   # length follows the statement count); see the module docstring for why.
   direct_max_steps: int = 0
   cut_fraction: float = 0.3  # of all rows: trace cut by the trigger, then the true answer
-  max_k: int = 3  # statements +1..+max_k and -1..-max_k
+  max_k: int = 1  # statements +1..+max_k and -1..-max_k
 
   def __post_init__(self):
     if not (1 <= self.min_steps < self.max_steps and 0 <= self.direct_max_steps < self.max_steps):
@@ -114,7 +117,7 @@ def trace_text(start: int, ops: list[int]) -> str:
   parts, x = [str(start)], start
   for k in ops:
     x = (x + k) % MODULUS
-    parts.append(f"{'+' if k > 0 else '-'}{abs(k)}={x}")
+    parts.append(f"{'-' if k < 0 else '+'}{abs(k)}={x}")
   return "".join(parts)
 
 
@@ -140,12 +143,12 @@ def sample_program(rng: np.random.Generator, task: ChainTask,
 
 
 def long_trajectory(start: int, ops: list[int], max_steps: int) -> str:
-  """The long recipe's thinking: the trace written on a page of fixed size (padded with one
-  newline per token of a missing statement, as programs are), then a re-check pass: the trace
-  again. Step i of the re-check sits at one fixed distance from step i of the first pass and
-  from statement i, whatever the program's length."""
-  trace = trace_text(start, ops)
-  return trace + "\n" * (PAD_PER_STEP * (max_steps - len(ops)) + 1) + trace
+  """The long recipe's thinking: the trace over every slot of a `max_steps` program, a slot
+  without a statement checked as `+0` (the value again), then a re-check pass: the same trace
+  again. Its length is the same for every program, and step i of the re-check sits at one fixed
+  distance from step i of the first pass and from statement i."""
+  page = trace_text(start, ops + [0] * (max_steps - len(ops)))
+  return f"{page}\n{page}"
 
 
 def response_for(start: int, ops: list[int], answer: int, recipe: str, task: ChainTask,

@@ -23,9 +23,12 @@ def run_score(args) -> int:
 
 def run_sweep(args) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  import jax
   from z1_jax.eval.sweep import run_from_args
   from z1_jax.model.sharding import mesh_from_spec
   summary = run_from_args(args, mesh=lambda: mesh_from_spec(args.mesh))
+  if jax.process_index() != 0:  # process 0 wrote the outputs and reports them
+    return 0
   print(json.dumps({"out": args.out, "accuracy": {
       name: {e["budget"]: round(e["accuracy"], 4) for e in entries}
       for name, entries in summary.get("benchmarks", {}).items()}}, indent=2))
