@@ -51,3 +51,17 @@ def hf_checkpoint(tmp_path_factory):
     return cache[name]
 
   return get
+
+
+# The modules with the longest tests (multi-process runs, training to a signal) are collected
+# first, so that the two xdist workers share them from the start instead of one worker running
+# them alone at the end; each module's own order is kept (its module fixtures are set up once).
+LONGEST_FIRST = ("test_train.py", "test_multihost_infer.py", "test_train_guards.py",
+                 "test_demo.py", "test_serve.py", "test_data_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+  items.sort(key=rank)  # stable

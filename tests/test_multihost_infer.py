@@ -70,10 +70,7 @@ def _requests(path: Path) -> Path:
           {"id": "budget", "prompt": "Compute 17 + 25.", "thinking_budget": 20,
            "answer_tokens": 4},
           {"id": "sampled", "prompt_ids": [3, 4, 5], "thinking_budget": 16, "answer_tokens": 3,
-           "temperature": 0.8, "seed": 7},
-          {"id": "short", "prompt": "Hi", "max_new_tokens": 2},
-          {"id": "topk", "prompt": "x = ", "thinking_budget": 24, "answer_tokens": 5,
-           "top_k": 20, "temperature": 1.0}]
+           "temperature": 0.8, "top_k": 20, "seed": 7}]
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   return path
 
@@ -82,13 +79,13 @@ def _requests(path: Path) -> Path:
 def test_generate_on_two_processes_equals_one_process(model_dirs, tmp_path):
   req = _requests(tmp_path / "req.jsonl")
   base = ["generate", "--hf", str(model_dirs / "hf"), "--prompts", str(req), "--batch-size",
-          "2", "--no-progress"]  # 5 requests through 2 slots: rows enter and leave
+          "2", "--no-progress"]  # 3 requests through 2 slots: rows enter and leave
   _z1([*base, "--out", str(tmp_path / "one.jsonl")], 1)
   # the batch across the processes (heads across them: the sweep test's mesh 1,1,4)
   _z1([*base, "--mesh", "2,1,2", "--out", str(tmp_path / "pod.jsonl")], 2)
   assert (tmp_path / "pod.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
   rows = [json.loads(x) for x in (tmp_path / "one.jsonl").read_text().splitlines()]
-  assert [r["id"] for r in rows] == ["plain", "budget", "sampled", "short", "topk"]
+  assert [r["id"] for r in rows] == ["plain", "budget", "sampled"]
   assert rows[0]["answer_tokens"] == 0 and len(rows[0]["tokens"]) <= 9
 
 

@@ -44,6 +44,9 @@ def server(tmp_path_factory):
     lines.append(line)
     m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
     url = m.group(1) if m else None
+  if url is None:  # no server left behind: it would hold its port and CPU past the session
+    proc.kill()
+    proc.wait()
   assert url, "server did not become ready:\n" + "".join(lines)
   threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
   yield {"url": url, "proc": proc, "path": path, "log": lines}

@@ -244,7 +244,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, arith, c
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_and_one_device(tmp_path, arith):
+def test_two_processes_equal_one_process(tmp_path, arith):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -255,9 +255,7 @@ def test_two_processes_equal_one_process_and_one_device(tmp_path, arith):
   over = arith_overrides(arith, **{"train.max_steps": 3})
   single = train(load_config(TINY, over), tmp_path / "one", make_mesh(2, 2, 2), False)
   assert single["step"] == 3
-  ref = losses(tmp_path / "one")
-  train(load_config(TINY, over), tmp_path / "dev1", one_device(), False)
-  np.testing.assert_allclose(losses(tmp_path / "dev1"), ref, rtol=0, atol=1e-5)
+  ref = losses(tmp_path / "one")  # (one process equals one device: the accumulation test)
   for name in ("data_across", "tensor_across"):
     np.testing.assert_allclose(losses(tmp_path / "pod" / name), ref, rtol=0, atol=1e-5)
   rows = json.loads((tmp_path / "pod" / "rows.json").read_text())

@@ -39,6 +39,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 BENCHMARK = "chain"
 MARKER = "z1_demo_output.json"  # written first into every demo output
 MARKER_CONTENT = {"written_by": "z1 demo", "format": 2}
+SWEEP_CHUNK = 80  # held-out programs decoded together (a progress bar step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +141,19 @@ def check_before_training(tokenizer, train_rows: dict, eval_rows: list, s: DemoS
 
 def sweep_rows(model, tokenizer, eval_rows, s: DemoSettings, system_prompt: str, name: str):
   """Decodes every held-out question once for all budgets; one scored row per (budget, row)."""
+  from tqdm.auto import tqdm
+
   from z1_jax import sweep
   prompts = [tokenizer(render_prompt(r["question"], system_prompt),
                        add_special_tokens=False)["input_ids"] for r in eval_rows]
-  results = sweep(model, prompts, list(s.budgets), s.answer_tokens, trigger=ANSWER_TRIGGER,
-                  tokenizer=tokenizer)
+  results: dict[int, list] = {b: [] for b in s.budgets}
+  with tqdm(total=len(prompts), desc=f"sweep {name}", unit="program") as bar:
+    for lo in range(0, len(prompts), SWEEP_CHUNK):  # chunks, so that the bar moves
+      chunk = sweep(model, prompts[lo:lo + SWEEP_CHUNK], list(s.budgets), s.answer_tokens,
+                    trigger=ANSWER_TRIGGER, tokenizer=tokenizer)
+      for b, gens in chunk.items():
+        results[b] += gens
+      bar.update(len(prompts[lo:lo + SWEEP_CHUNK]))
   rows = []
   for budget, gens in sorted(results.items()):
     for i, (r, g) in enumerate(zip(eval_rows, gens)):
