@@ -149,11 +149,11 @@ def sweep_rows(model, tokenizer, eval_rows, s: DemoSettings, system_prompt: str,
   results: dict[int, list] = {b: [] for b in s.budgets}
   with tqdm(total=len(prompts), desc=f"sweep {name}", unit="program") as bar:
     for lo in range(0, len(prompts), SWEEP_CHUNK):  # chunks, so that the bar moves
-      chunk = sweep(model, prompts[lo:lo + SWEEP_CHUNK], list(s.budgets), s.answer_tokens,
-                    trigger=ANSWER_TRIGGER, tokenizer=tokenizer)
-      for b, gens in chunk.items():
+      part = prompts[lo:lo + SWEEP_CHUNK]
+      for b, gens in sweep(model, part, list(s.budgets), s.answer_tokens,
+                           trigger=ANSWER_TRIGGER, tokenizer=tokenizer).items():
         results[b] += gens
-      bar.update(len(prompts[lo:lo + SWEEP_CHUNK]))
+      bar.update(len(part))
   rows = []
   for budget, gens in sorted(results.items()):
     for i, (r, g) in enumerate(zip(eval_rows, gens)):
