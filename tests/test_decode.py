@@ -172,13 +172,14 @@ def test_bad_input_is_a_clear_error(tiny, kwargs, prompts, message):
     generate(model, prompts, **kwargs)
 
 
-def test_cache_write_past_the_end_is_an_error(tiny):
-  import jax.numpy as jnp
-  from z1_jax.model.qwen2 import init_cache
-  _, model, _ = tiny
-  cache = init_cache(model.cfg, 1, 8)
-  with pytest.raises(ValueError, match=r"slots \[6, 9\) is outside the cache of 8 slots"):
-    model(jnp.ones((1, 3), jnp.int32), cache=cache, cache_index=6)
+def test_a_position_past_the_page_table_is_dropped_not_clamped():
+  """The engine never asks (every request is bounded by max_seq_len), but a position past a
+  row's page table must not land on its last page."""
+  import numpy as np
+  from z1_jax.infer.engine.programs import DROP, _slots_of
+  pages = np.array([[3, 5]], np.int32)  # page size 4: positions 0..7
+  slots = _slots_of(pages, np.array([[1, 6, 8, 40]], np.int32), 4, np.ones((1, 4), bool))
+  assert slots.tolist() == [[13, 22, DROP, DROP]]
 
 
 def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
@@ -204,20 +205,25 @@ def test_serving_mesh_splits_head_dim_when_heads_do_not_divide(hf_checkpoint):
   assert generate(sharded, prompts, **kw) == generate(one, prompts, **kw)
 
 
-def test_engine_step_updates_the_donated_cache_in_place(tiny):
+def test_engine_step_updates_the_donated_pool_in_place(tiny):
   import re
   import jax
-  from z1_jax.infer.engine import Engine, decode_chunk
+  import numpy as np
+  from z1_jax.infer.engine import Engine
+  from z1_jax.infer.engine.programs import decode_chunk
   _, model, _ = tiny
-  engine = Engine(model, slots=2, max_seq_len=48, eos_ids=EOS, trigger_ids=TRIGGER)
+  engine = Engine(model, slots=2, max_seq_len=48, eos_ids=EOS, trigger_ids=TRIGGER,
+                  page_size=8)
   state = engine._state
-  hlo = decode_chunk.lower(engine.graphdef, engine.params, state, markers=engine.markers,
-                           steps=16, kind="filter").compile().as_text()
-  cache = re.escape(f"f32[2,{model.cfg.num_kv_heads},48,{model.cfg.dim_per_head}]")
-  # per-row positions: each row's K/V written by a scatter (or update-slice) into the cache
-  assert re.search(cache + r"\{[^}]*\} (scatter|dynamic-update-slice)\(", hlo), hlo[:2000]
-  assert not re.search(cache + r"\{[^}]*\} copy\(", hlo)  # no per-token copy of the cache
-  out = decode_chunk(engine.graphdef, engine.params, state, markers=engine.markers, steps=16,
-                     kind="greedy")
+  args = (engine.graphdef, engine.params, state, engine._table, np.bool_(False))
+  kw = dict(markers=engine.markers, steps=16, logprobs=False)
+  hlo = decode_chunk.lower(*args, kind="filter", **kw).compile().as_text()
+  pool = state.pools[0].shape
+  flat = re.escape(f"f32[{pool[0] * pool[1]},{pool[2]},{pool[3]}]")
+  # each token's K/V written by a scatter into the (flattened) pool; no copy of the pool
+  assert re.search(flat + r"\{[^}]*\} scatter\(", hlo), hlo[:2000]
+  for shape in (flat, re.escape(f"f32[{','.join(map(str, pool))}]")):
+    assert not re.search(shape + r"\{[^}]*\} copy\(", hlo)
+  out = decode_chunk(*args, kind="greedy", **kw)
   jax.block_until_ready(out)
-  assert state.cache.k[0].is_deleted()  # donated: the chunk reused its buffers
+  assert state.pools[0].is_deleted()  # donated: the chunk reused its buffers

@@ -97,7 +97,7 @@ def test_cancel_frees_the_slot_and_the_others_go_on(tiny):
     (dict(thinking_budget=3, answer_tokens=4), "thinking_budget=3 must exceed the trigger"),
     (dict(thinking_budget=8), "needs answer_tokens"),
     (dict(max_new_tokens=0), "max_new_tokens=0"),
-    (dict(thinking_budget=60, answer_tokens=40), "do not fit the cache of 96"),
+    (dict(thinking_budget=60, answer_tokens=40), "do not fit the engine.s 96 positions"),
     (dict(max_new_tokens=4, top_k=3), "need a temperature"),
     (dict(max_new_tokens=4, seed=-1), "seed=-1"),
     (dict(mode="s1", max_new_tokens=4), "needs a thinking_budget"),

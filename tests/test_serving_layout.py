@@ -3,8 +3,6 @@
 with whole heads per shard; and, unlike splitting head_dim, its per-token collectives do not
 grow with the cache length (read from the compiled decode chunk's HLO)."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -63,11 +61,11 @@ def test_padded_model_on_tensor_4_equals_one_device(six_heads):
   assert generate(served, prompts, **kw) == generate(one, prompts, **kw)
 
 
-def _decode_collectives(cfg, mesh, gen_width):
+def _decode_collectives(cfg, mesh, pool_tokens):
   from z1_jax.collectives import collective_bytes
   from z1_jax.infer.aot import compile_decode
-  hlo = compile_decode(cfg, mesh, batch=8, prompt_width=64, gen_width=gen_width,
-                       prefill=False, chunk_steps=4)["decode_loop"]["hlo"]
+  hlo = compile_decode(cfg, mesh, batch=8, pool_tokens=pool_tokens, max_seq_len=pool_tokens,
+                       page_size=16, chunk_steps=4)["decode_loop"]["hlo"]
   # the chunk's loop stops when every row is done: count its body once, i.e. per token
   stats = collective_bytes(hlo, devices=8, unknown_trips=1)
   return {k: v.bytes for k, v in stats.items() if v.count}
@@ -75,15 +73,17 @@ def _decode_collectives(cfg, mesh, gen_width):
 
 def test_padded_decode_collectives_do_not_grow_with_the_cache_on_8_cpu_devices(monkeypatch):
   """7B's head structure (28 query heads, 4 KV heads, head_dim 128) at tensor=8, one layer and
-  small widths for a quick compile. Padded heads: the same bytes at 2x the cache; head_dim
-  split (forced here through the unpadded config) grows with it, which shows the check bites."""
+  small pools for a quick compile: padded heads, the same bytes at 2x the pool. Without the
+  padding (28 heads, 4 KV heads on 8 shards) the paged cache refuses the layout, naming it:
+  it would need whole KV heads on every shard."""
+  from z1_jax.errors import Z1Error
   from z1_jax.infer import aot
   from z1_jax.model.sharding import make_mesh
   cfg = get_preset("qwen2.5-coder-7b-instruct", num_layers=1, vocab_size=512,
                    intermediate_size=512)
   mesh = make_mesh(1, 1, 8)
-  padded = [_decode_collectives(cfg, mesh, w) for w in (192, 448)]
+  padded = [_decode_collectives(cfg, mesh, w) for w in (256, 512)]
   assert padded[0] == padded[1] and padded[0], padded
-  monkeypatch.setattr(aot, "padded_config", lambda c, t: c)  # head_dim split, for contrast
-  grown = [_decode_collectives(cfg, mesh, w) for w in (192, 448)]
-  assert sum(grown[1].values()) > sum(grown[0].values()), json.dumps(grown)
+  monkeypatch.setattr(aot, "padded_config", lambda c, t: c)
+  with pytest.raises(Z1Error, match="whole KV heads on every shard: 4 KV heads do not divide over the tensor"):
+    _decode_collectives(cfg, mesh, 256)

@@ -18,31 +18,46 @@ from z1_jax.model.config import get_preset, to_hf_config
 
 
 def _z1_steps(model, tokens: np.ndarray, max_len: int):
-  """(prefill, decode) callables for z1-jax, timing the engine's own programs: admission
-  (the prompts prefilled into their slots) and one decode step (`decode_chunk`, 1 step)."""
-  from z1_jax.infer.engine import Engine, Request, decode_chunk
+  """(prefill, decode) callables for z1-jax, timing the engine's own programs on its paged
+  cache: the prompts prefilled into their pages in one chunk (`programs.prefill`) and one
+  decode step (`programs.decode_chunk`, 1 step) of every row."""
+  from z1_jax.infer.engine import Engine
+  from z1_jax.infer import window
+  from z1_jax.infer.engine import programs
   b, l = tokens.shape
-  engine = Engine(model, slots=b, max_seq_len=max_len, eos_ids=[], trigger_ids=[1])
-  room = max_len - l - 1
-  requests = [Request(i, [int(x) for x in row] + [0], max_new_tokens=room)
-              for i, row in enumerate(tokens)]  # the prefill covers the l prompt tokens
-  entries = [(i, r, engine.validate(r), 2**30) for i, r in enumerate(requests)]
-
-  def run_prefill():
-    engine._admit(entries)
-    jax.block_until_ready(engine._state)
-    return engine._state
-
-  run_prefill()  # compile
+  width = 1 << (l - 1).bit_length()
+  engine = Engine(model, slots=b, max_seq_len=max_len, eos_ids=[], trigger_ids=[1],
+                  prefill_tokens=max(b * width, 16 * b), max_total_tokens=b * max_len)
+  per_row = -(-max_len // engine.page_size)
+  table = np.zeros((b, engine.table_width), np.int32)
+  table[:, :per_row] = 1 + np.arange(b * per_row).reshape(b, per_row)  # every row its pages
+  padded = np.zeros((b, width), np.int32)
+  padded[:, :l] = tokens
+  positions = np.tile(np.arange(width, dtype=np.int32), (b, 1))
+  valid = positions < l
+  rows = {f: v.copy() for f, v in programs.rows_init(b)._asdict().items()}
+  rows.update(done=np.zeros(b, bool), last=tokens[:, -1], feed=np.full(b, l, np.int32),
+              start=np.full(b, l + 1, np.int32), stop=np.full(b, max_len - l - 1, np.int32))
   steps = [0]
 
+  def run_prefill():
+    engine._state = programs.prefill(engine.graphdef, engine.params, engine._state, padded,
+                                     positions, table, np.full(b, width, np.int32), valid,
+                                     padded, logprobs=False)
+    engine._state = programs.install_rows(engine._state, np.arange(b, dtype=np.int32),
+                                          window.Rows(**rows))
+    steps[0] = 0
+    jax.block_until_ready(engine._state)
+
+  run_prefill()  # compile
+
   def one_step():
-    if steps[0] == room:  # rows full: admit again (keeps the work per step equal)
+    if steps[0] == max_len - l - 2:  # rows full: prefill again (keeps the work per step equal)
       run_prefill()
-      steps[0] = 0
-    engine._state, toks, _ = decode_chunk(engine.graphdef, engine.params, engine._state,
-                                          markers=engine.markers, steps=1, kind="greedy")
-    toks.block_until_ready()
+    engine._state, out = programs.decode_chunk(
+        engine.graphdef, engine.params, engine._state, table, np.bool_(False),
+        markers=engine.markers, steps=1, kind="greedy", logprobs=False)
+    out["tokens"].block_until_ready()
     steps[0] += 1
 
   one_step()  # compile

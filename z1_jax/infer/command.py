@@ -169,7 +169,8 @@ def run_generate(args) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   _check_flags(args)
   from z1_jax.infer.budget import marker_ids
-  from z1_jax.infer.engine import check_request, resolve_markers, window
+  from z1_jax.infer import window
+  from z1_jax.infer.engine import check_request, resolve_markers
   from z1_jax.infer.generate import bucket, resolve_tokenizer
   from z1_jax.paths import is_uri
   source = args.hf or args.ckpt

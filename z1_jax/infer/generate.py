@@ -2,9 +2,9 @@
 
 Inputs are checked on the host before anything compiles (one `DecodeOptions`, shared by
 `generate`, `sweep` and `z1 generate`). The engine is sized so that a new prompt length,
-budget or batch size rarely recompiles: the cache length is bucketed (powers of two up to
-1024, then multiples of 1024), the slots to a power of two (and a multiple of the mesh's batch
-axes).
+budget or batch size rarely recompiles: the longest request (`max_seq_len`) is bucketed
+(powers of two up to 1024, then multiples of 1024), the slots to a power of two (and a multiple
+of the mesh's batch axes).
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import dataclasses
 import os
 from typing import Sequence
 
-import jax
-from flax import nnx
-
 from z1_jax.errors import Z1Error
 from z1_jax.infer import budget as budget_lib
-from z1_jax.infer.engine import Engine, Generation, Request, _batch_multiple, bucket
+from z1_jax.infer.engine import Engine, Generation, Request, batch_shards, bucket
 from z1_jax.infer.sampling import Sampling
 from z1_jax.model.qwen2 import Qwen2
 
@@ -42,6 +39,11 @@ class DecodeOptions:
   tokenizer: object = None
   batch_size: int | None = None
   row_ids: Sequence[int] | None = None
+  # the engine's paged KV cache (`infer.engine`): tokens per page (default 16 on CPU/GPU, 128
+  # on TPU), the pool's capacity in tokens (default: see `Engine`), prompt tokens per step
+  page_size: int | None = None
+  max_total_tokens: int | None = None
+  prefill_tokens: int = 512
 
 def resolve_tokenizer(tokenizer):
   """A tokenizer object as is; a path or hub id loaded (an error names it if it cannot be)."""
@@ -52,23 +54,6 @@ def resolve_tokenizer(tokenizer):
     return load_tokenizer(tokenizer)
   except (OSError, ValueError) as e:
     raise Z1Error(f"tokenizer {str(tokenizer)!r}: cannot load it ({e})") from None
-
-
-def unrolled(model: Qwen2) -> Qwen2:
-  """The model with unrolled layers (itself when it has them). Decoding a scanned-layer model
-  would carry the whole KV cache through `lax.scan`'s xs/ys: a copy of it per token."""
-  if not model.cfg.scan_layers:
-    return model
-  from z1_jax.checkpoint.orbax_io import unstack_layers
-  from z1_jax.model.qwen2 import abstract_model, state_shardings
-  cfg = model.cfg.replace(scan_layers=False)
-  graphdef, abstract = nnx.split(abstract_model(cfg, model.rules))
-  shardings = None if model.rules is None else nnx.to_pure_dict(
-      state_shardings(abstract, model.rules))
-  params = jax.jit(lambda p: unstack_layers(p, cfg.num_layers), out_shardings=shardings)(
-      nnx.to_pure_dict(nnx.state(model)))
-  nnx.replace_by_pure_dict(abstract, params)
-  return nnx.merge(graphdef, abstract)
 
 
 def _check_prompts(prompts) -> list[list[int]]:
@@ -84,21 +69,24 @@ def _check_prompts(prompts) -> list[list[int]]:
 
 def make_engine(model: Qwen2, longest: int, batch_size: int | None, *, tokenizer=None,
                 eos_ids=None, trigger_ids=None, s1_marker_ids=None, wait_ids=None,
-                n_requests: int = 1) -> Engine:
-  """An engine sized for requests of at most `longest` positions (prompt + generated): the
-  cache length bucketed, `batch_size` slots (default: the requests, up to 64, a power of two)
-  rounded up to the mesh's batch split."""
+                n_requests: int = 1, page_size: int | None = None,
+                max_total_tokens: int | None = None, prefill_tokens: int = 512) -> Engine:
+  """An engine sized for requests of at most `longest` positions (prompt + generated): that
+  length bucketed, `batch_size` slots (default: the requests, up to 64, a power of two)
+  rounded up to the mesh's batch split, the paged cache's options passed on."""
   if not isinstance(model, Qwen2):
     raise Z1Error(f"model: expected a z1_jax Qwen2 model, got {type(model).__name__}")
   if batch_size is None:
     batch_size = min(bucket(n_requests, 1), 64)
   if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
     raise Z1Error(f"batch_size={batch_size}: expected an integer >= 1")
-  multiple = _batch_multiple(model)
+  multiple = batch_shards(model)
   slots = -(-batch_size // multiple) * multiple
-  return Engine(model, slots=slots, max_seq_len=bucket(longest), tokenizer=tokenizer,
+  max_seq_len = min(bucket(longest), model.cfg.max_position_embeddings)
+  return Engine(model, slots=slots, max_seq_len=max_seq_len, tokenizer=tokenizer,
                 eos_ids=eos_ids, trigger_ids=trigger_ids, s1_marker_ids=s1_marker_ids,
-                wait_ids=wait_ids)
+                wait_ids=wait_ids, page_size=page_size, max_total_tokens=max_total_tokens,
+                prefill_tokens=prefill_tokens)
 
 
 def _engine(model: Qwen2, prompts, stop: int, opts: DecodeOptions, marker) -> Engine:
@@ -109,7 +97,8 @@ def _engine(model: Qwen2, prompts, stop: int, opts: DecodeOptions, marker) -> En
     markers = dict(trigger_ids=marker)
   return make_engine(model, max(len(p) for p in prompts) + stop, opts.batch_size,
                      tokenizer=opts.tokenizer, eos_ids=opts.eos_ids, n_requests=len(prompts),
-                     **markers)
+                     page_size=opts.page_size, max_total_tokens=opts.max_total_tokens,
+                     prefill_tokens=opts.prefill_tokens, **markers)
 
 
 def _requests(prompts, opts: DecodeOptions, **limits) -> list[Request]:
@@ -174,7 +163,7 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   For budgets B1 < ... < Bk the tokens before each budget's trigger are the same for every
   larger budget (greedy, or sampled with position-derived keys), so one trunk per prompt is
   decoded with the largest budget; where it is still thinking at a smaller budget its branch
-  (that row's cache and state) is forked into a free slot (`Engine.sweep`). Returns budget ->
+  (sharing that row's pages) waits for a slot ahead of new trunks (`Engine.sweep`). Returns budget ->
   one `Generation` per prompt, equal to `generate(..., thinking_budget=B)` token for token.
   """
   opts = dataclasses.replace(options or DecodeOptions(), **kw)
@@ -185,9 +174,6 @@ def sweep(model: Qwen2, prompts: Sequence[Sequence[int]], budgets: Sequence[int]
   plans = [_budget(opts.mode, b, answer_tokens, opts.placement, opts.trigger, opts.trigger_ids,
                    opts.tokenizer, None)[0] for b in budgets]
   prompts = _check_prompts(prompts)
-  if opts.batch_size is None and len(budgets) > 1:
-    # a slot beside the trunks for the branches: without one, every budget is decoded apart
-    opts = dataclasses.replace(opts, batch_size=min(len(prompts), 63) + 1)
   requests = _requests(prompts, opts, thinking_budget=budgets[-1], answer_tokens=answer_tokens,
                        placement=plans[0].placement)
   engine = _unnamed(lambda: _engine(model, prompts, plans[-1].stop, opts, plans[0].marker_ids))

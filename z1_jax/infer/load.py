@@ -62,3 +62,22 @@ def load_for_decoding(hf: str | None = None, ckpt: str | None = None, mesh=None,
     padded = padded_config(model.cfg, mesh.shape["tensor"])
     model = pad_heads(model, serving_rules(mesh, padded.num_heads))
   return model
+
+
+def unrolled(model: Qwen2) -> Qwen2:
+  """The model with unrolled layers (itself when it has them). Decoding a scanned-layer model
+  would carry the whole KV cache through `lax.scan`'s xs/ys: a copy of it per token."""
+  if not model.cfg.scan_layers:
+    return model
+  import jax
+  from flax import nnx
+  from z1_jax.checkpoint.orbax_io import unstack_layers
+  from z1_jax.model.qwen2 import abstract_model, state_shardings
+  cfg = model.cfg.replace(scan_layers=False)
+  graphdef, abstract = nnx.split(abstract_model(cfg, model.rules))
+  shardings = None if model.rules is None else nnx.to_pure_dict(
+      state_shardings(abstract, model.rules))
+  params = jax.jit(lambda p: unstack_layers(p, cfg.num_layers), out_shardings=shardings)(
+      nnx.to_pure_dict(nnx.state(model)))
+  nnx.replace_by_pure_dict(abstract, params)
+  return nnx.merge(graphdef, abstract)

@@ -19,7 +19,8 @@ Per row, `phase`:
   ANSWER -> sampled tokens, at most `answer` of them
   WAIT   -> s1 only: "Wait" is forced, then THINK again
 A row is done at an end id sampled in THINK (z1) or ANSWER, when its answer is full, or at its
-`stop` (the most tokens it may generate). A row at `pause_at` while thinking waits (the
+`stop` (the most tokens it may generate). End ids are the model's (`Markers.eos_ids`, unless
+the row ignores them) and the row's own `stop_ids`. A row at `pause_at` while thinking waits (the
 sweep forks it there). Counting (`Generation`): `thinking_tokens` = the tokens before the
 trigger (B-T with replace, B with append, all of them for a row that ended inside its window),
 `answer_tokens` = the tokens after it.
@@ -70,6 +71,9 @@ class Rows(NamedTuple):
   temperature: jax.Array  # float32, 0 = greedy
   top_k: jax.Array  # int32, 0 = off
   top_p: jax.Array  # float32, 1 = off
+  ignore_eos: jax.Array  # bool: the model's end ids do not end the row
+  min_tokens: jax.Array  # int32: end ids are suppressed (in the logits) before this many tokens
+  stop_ids: jax.Array  # int32 [slots, S]: the request's own end ids (-1: none)
 
 
 def live(rows: Rows) -> jax.Array:
@@ -84,7 +88,8 @@ def advance(rows: Rows, sampled: jax.Array, go: jax.Array, m: Markers) -> tuple[
   Returns the rows and the index each placed token got (-1 where none was): `n` normally,
   `B - T` for a replace row rewound at its budget."""
   i = rows.n
-  is_end = jnp.any(sampled[:, None] == jnp.asarray(m.eos_ids or (-1,), jnp.int32), axis=1)
+  is_eos = jnp.any(sampled[:, None] == jnp.asarray(m.eos_ids or (-1,), jnp.int32), axis=1)
+  is_end = (is_eos & ~rows.ignore_eos) | jnp.any(sampled[:, None] == rows.stop_ids, axis=1)
   t_len = jnp.where(rows.s1, len(m.s1_ids), len(m.z1_ids))
   has_marker = t_len > 0
   thinking = (rows.phase == THINK) | (rows.phase == WAIT)

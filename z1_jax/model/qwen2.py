@@ -11,14 +11,13 @@ mesh shardings. Attention masks come only from segment ids and positions.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from z1_jax.model import attention
+from z1_jax.model import attention, paged
+from z1_jax.model.paged import PagedKV
 from z1_jax.model.attention import NEG_INF, visible
 from z1_jax.model.config import Qwen2Config
 from z1_jax.model.remat import remat
@@ -37,50 +36,19 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal",
   return nnx.Param(value, axes=tuple(axes))
 
 
-class KVCache(NamedTuple):
-  """Per-layer keys/values plus, per slot, the segment id (0 = empty) and position.
-
-  `k`/`v` are a tuple of `[B, K, S, D]` arrays (unrolled layers) or one `[layers, B, K, S, D]`
-  array (scanned layers): heads before slots, the layout attention multiplies in.
-  """
-  k: tuple[jax.Array, ...] | jax.Array
-  v: tuple[jax.Array, ...] | jax.Array
-  segment_ids: jax.Array  # [B, S] int32
-  positions: jax.Array  # [B, S] int32
-
-
-def init_cache(cfg: Qwen2Config, batch: int, max_len: int, rules: LogicalRules | None = None,
-               dtype=None) -> KVCache:
+def init_pools(cfg: Qwen2Config, num_pages: int, page_size: int, rules: LogicalRules | None = None,
+               dtype=None) -> tuple[jax.Array, ...]:
+  """The paged KV cache's pools, one `[num_pages, page_size, 2K, D]` array per layer
+  (`model/paged.py`), zeroed and laid out on `rules`' mesh: pages over the batch's axes (so
+  `num_pages` counts every shard's pages), KV heads over `tensor`."""
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, cfg.num_kv_heads, max_len, cfg.dim_per_head)
-  axes = ("batch", "act_kv_heads", "cache_seq", "head_dim")
-
-  def zeros(shape, axes):
-    if rules is None:
-      return jnp.zeros(shape, dtype)
-    return jax.device_put(jnp.zeros(shape, dtype), rules.sharding(axes, shape))
-
-  if cfg.scan_layers:
-    k = zeros((cfg.num_layers, *shape), ("layers", *axes))
-    v = zeros((cfg.num_layers, *shape), ("layers", *axes))
-  else:
-    k = tuple(zeros(shape, axes) for _ in range(cfg.num_layers))
-    v = tuple(zeros(shape, axes) for _ in range(cfg.num_layers))
-  def slots():
-    x = jnp.zeros((batch, max_len), jnp.int32)
-    return x if rules is None else jax.device_put(x, rules.sharding(("batch", "cache_seq"),
-                                                                     x.shape))
-  return KVCache(k, v, slots(), slots())
-
-
-def write_slots(buf: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
-  """`new` written into `buf` along `axis` from `index`: one index for every row (`[]`), or
-  one per row (`[B]`, batch axis 0: a per-row `dynamic_update_slice`, a scatter that updates
-  the donated buffer in place)."""
-  if index.ndim == 0:
-    return jax.lax.dynamic_update_slice_in_dim(buf, new, index, axis)
-  return jax.vmap(lambda b, x, i: jax.lax.dynamic_update_slice_in_dim(b, x, i, axis - 1))(
-      buf, new, index)
+  shape = (num_pages, page_size, 2 * cfg.num_kv_heads, cfg.dim_per_head)
+  if rules is None:
+    return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  from z1_jax.model.paged import specs
+  sharding = jax.sharding.NamedSharding(rules.mesh, specs(rules, cfg.num_kv_heads)[0])
+  zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+  return tuple(zeros() for _ in range(cfg.num_layers))
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float):
@@ -175,11 +143,9 @@ class Attention(nnx.Module):
     self.attention_impl = cfg.attention_impl  # static: see model/attention.py
 
   def __call__(self, x, segment_ids, positions, rope, kv, rules: LogicalRules | None):
-    """kv: None (attend within `x`) or (k_cache, v_cache, cache_seg, cache_pos, index, fresh).
-
-    `fresh` (static): the cache was empty and `x` fills it from slot 0, so the queries need no
-    key but their own (prefill).
-    """
+    """kv: None (attend within `x`), or `(pool, cache)` for a paged KV cache (`model/paged.py`):
+    the new keys/values are written into this layer's `pool` and the queries attend over the
+    rows' pages. Returns (output, the new pool or None)."""
     dt = x.dtype
     proj = lambda w, b: jnp.einsum("ble,ehd->blhd", x, w[...].astype(dt)) + b[...].astype(dt)
     q = apply_rope(proj(self.q_proj, self.q_bias), *rope)
@@ -191,21 +157,14 @@ class Attention(nnx.Module):
       v = rules.constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
     # Named for remat policies (model/remat.py).
     q, k, v = checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, D]
-    self_only = kv is None or kv[5]
+    new_pool = None
     if kv is None:
-      new_kv = None
-    else:
-      k_cache, v_cache, kv_seg, kv_pos, index, _ = kv
-      k_cache = write_slots(k_cache, k.astype(k_cache.dtype), index, 2)
-      v_cache = write_slots(v_cache, v.astype(v_cache.dtype), index, 2)
-      new_kv = (k_cache, v_cache)
-    if self_only:
-      out = attend(q, k, v, segment_ids, positions, segment_ids, positions, causal_blocks=True,
+      kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, L, D]
+      out = attend(q, kt, vt, segment_ids, positions, segment_ids, positions, causal_blocks=True,
                    impl=self.attention_impl, rules=rules)
     else:
-      out = attend(q, k_cache.astype(dt), v_cache.astype(dt), segment_ids, positions, kv_seg,
-                   kv_pos, impl=self.attention_impl, rules=rules)
+      pool, cache = kv
+      out, new_pool = paged.write_and_attend(q, k, v, pool, cache, positions, rules)
     out = checkpoint_name(out, "attn_out")
     if rules is not None and rules.spec(("head_dim",))[0] is not None:
       # head_dim split over the mesh (serving rules, heads not dividing `tensor`): merging
@@ -215,7 +174,7 @@ class Attention(nnx.Module):
       # [H, D, E] -> [H*D, E] is free (contiguous); contracting (h, d) makes XLA:CPU copy it.
       o_proj = self.o_proj[...].astype(dt).reshape(-1, x.shape[-1])
       proj = out.reshape(*out.shape[:2], -1) @ o_proj
-    return checkpoint_name(proj, "attn_proj"), new_kv
+    return checkpoint_name(proj, "attn_proj"), new_pool
 
 
 class MLP(nnx.Module):
@@ -245,16 +204,16 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(cfg, rngs, stack)
 
   def __call__(self, x, segment_ids, positions, rope, kv, rules):
-    attn_out, new_kv = self.attn(self.input_norm(x), segment_ids, positions, rope, kv, rules)
+    attn_out, new_pool = self.attn(self.input_norm(x), segment_ids, positions, rope, kv, rules)
     x = x + attn_out
     x = x + self.mlp(self.post_attn_norm(x), rules)
     if rules is not None:
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
-    return x, new_kv
+    return x, new_pool
 
 
 class Qwen2(nnx.Module):
-  """`model(tokens)` -> fp32 logits `[B, L, V]`; with a cache, `(logits, cache)`."""
+  """`model(tokens)` -> fp32 logits `[B, L, V]`; with a paged cache, `(logits, pools)`."""
 
   def __init__(self, cfg: Qwen2Config, rngs: nnx.Rngs, rules: LogicalRules | None = None):
     self.cfg = cfg
@@ -270,20 +229,18 @@ class Qwen2(nnx.Module):
       self.lm_head = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None, cache: KVCache | None = None,
-               cache_index: jax.Array | int = 0, last_only: bool = False,
-               prefill: bool = False, return_hidden: bool = False):
+               positions: jax.Array | None = None, cache: PagedKV | None = None,
+               last_only: bool = False, logits: bool = True, return_hidden: bool = False):
     """tokens/segment_ids/positions: int32 `[B, L]`. Defaults: one segment, positions 0..L-1.
 
-    With `cache`, the L new tokens are written at slots `cache_index .. cache_index+L-1`
-    (`cache_index` a scalar: the same slots for every row; `[B]`: each row's own) and attend to everything visible in the cache. `prefill`
-    (static) says the cache holds nothing visible yet: the tokens then attend only among
-    themselves (the fast path). A Python int `cache_index` is checked against the cache length
-    here; a traced one cannot be (`dynamic_update_slice` would clamp it and overwrite the last
-    slots), so callers check every write index on the host first (`infer.engine` does).
-    `last_only` computes logits for the final position only (`[B, 1, V]`). `return_hidden`
-    (no cache) returns the final normed hidden states `[B, L, E]` instead of logits, for a loss
-    that applies `head_weight()` itself chunk by chunk (`model/loss.py`).
+    With a paged `cache` (`model/paged.py`: the pools, the rows' page tables, the positions
+    their queries see, each new token's slot), the L new tokens' keys and values are written
+    into the pools and the tokens attend over their rows' pages (`segment_ids` are then
+    unused: visibility is the position rule); returns `(logits, new pools)`, logits None when
+    `logits=False` (a prefill that needs none). `last_only` computes logits for the final
+    position only (`[B, 1, V]`). `return_hidden` (no cache) returns the final normed hidden
+    states `[B, L, E]` instead of logits, for a loss that applies `head_weight()` itself chunk
+    by chunk (`model/loss.py`).
     """
     cfg, rules = self.cfg, self.rules
     b, l = tokens.shape
@@ -297,58 +254,42 @@ class Qwen2(nnx.Module):
       x = rules.constrain(x, ("batch", "seq", "act_embed"))
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
     platform = rules.mesh.devices.flat[0].platform if rules is not None else jax.default_backend()
-
-    if cache is not None:
-      fresh = prefill
-      slots = cache.segment_ids.shape[1]
-      if isinstance(cache_index, int) and not 0 <= cache_index <= slots - l:
-        raise ValueError(f"cache write at slots [{cache_index}, {cache_index + l}) is outside "
-                         f"the cache of {slots} slots")
-      index = jnp.asarray(cache_index, jnp.int32)
-      kv_seg = write_slots(cache.segment_ids, segment_ids, index, 1)
-      kv_pos = write_slots(cache.positions, positions, index, 1)
+    if cache is not None and cfg.scan_layers:
+      raise ValueError("a paged KV cache needs unrolled layers (decoding unrolls them: "
+                       "z1_jax.infer.load.unrolled)")
 
     def layer_fn(graphdef):
-      def run(layer_state, x, kv_pair):
-        kv = None if kv_pair is None else (*kv_pair, kv_seg, kv_pos, index, fresh)
+      def run(layer_state, x, kv):
         return nnx.merge(graphdef, layer_state)(x, segment_ids, positions, rope, kv, rules)
       return remat(run, cfg.remat_policy, platform)
 
     if cfg.scan_layers:
       graphdef, stacked = nnx.split(self.layers)
       run = layer_fn(graphdef)
-      if cache is None:
-        x, _ = jax.lax.scan(lambda h, s: (run(s, h, None)[0], None), x, stacked)
-      else:
-        def body(h, xs):
-          s, k, v = xs
-          h, (k, v) = run(s, h, (k, v))
-          return h, (k, v)
-        x, (new_k, new_v) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
+      x, _ = jax.lax.scan(lambda h, s: (run(s, h, None)[0], None), x, stacked)
     else:
-      new_k, new_v = [], []
+      pools = []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
-        kv_pair = None if cache is None else (cache.k[i], cache.v[i])
-        x, kv_out = layer_fn(graphdef)(state, x, kv_pair)
-        if kv_out is not None:
-          new_k.append(kv_out[0])
-          new_v.append(kv_out[1])
-      new_k, new_v = tuple(new_k), tuple(new_v)
+        kv = None if cache is None else (cache.pools[i], cache)
+        x, pool = layer_fn(graphdef)(state, x, kv)
+        pools.append(pool)
 
     x = self.final_norm(x)
     if return_hidden and cache is None:
       return x
-    if last_only:
-      x = x[:, -1:]
-    head = self.head_weight()
-    # Contract on the shared hidden axis of the [V, E] table: no transposed copy of it.
-    logits = jnp.einsum("ble,ve->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
-    if rules is not None:
-      logits = rules.constrain(logits, ("batch", "seq", "act_vocab"))
+    out = None
+    if logits or cache is None:
+      if last_only:
+        x = x[:, -1:]
+      head = self.head_weight()
+      # Contract on the shared hidden axis of the [V, E] table: no transposed copy of it.
+      out = jnp.einsum("ble,ve->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
+      if rules is not None:
+        out = rules.constrain(out, ("batch", "seq", "act_vocab"))
     if cache is None:
-      return logits
-    return logits, KVCache(new_k, new_v, kv_seg, kv_pos)
+      return out
+    return out, tuple(pools)
 
   def head_weight(self) -> jax.Array:
     """The LM head's `[V, E]` table (the embedding when tied)."""

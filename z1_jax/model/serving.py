@@ -32,7 +32,10 @@ from z1_jax.model.config import Qwen2Config
 
 
 def needs_padding(cfg: Qwen2Config, tensor: int) -> bool:
-  return cfg.num_heads % tensor != 0
+  """Query heads that do not divide over `tensor`, or KV heads that do not: the paged KV cache
+  holds whole KV heads on every shard (`model/paged.py`), so fewer KV heads than shards are
+  repeated (0.5B's 2 KV heads on tensor=4: each twice), never replicated."""
+  return cfg.num_heads % tensor != 0 or cfg.num_kv_heads % tensor != 0
 
 
 def padded_config(cfg: Qwen2Config, tensor: int) -> Qwen2Config:

@@ -1,0 +1,743 @@
+"""The engine's host loop: requests in, events out, the device programs (`programs.py`)
+driven chunk by chunk over a paged KV cache (`pages.py`, `scheduler.py`)."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from z1_jax.errors import Z1Error
+from z1_jax.infer import window
+from z1_jax.infer.engine import programs
+from z1_jax.infer.engine.pages import PagePool, prefix_digests
+from z1_jax.infer.engine.programs import DecodeState, rows_init
+from z1_jax.infer.engine.requests import (Event, Generation, Request, check_request,
+                                          placement_of, resolve_markers, stop_of)
+from z1_jax.infer.engine.scheduler import Seq, choose_shape, pages_for, prefill_shapes
+from z1_jax.infer.sampling import variant
+from z1_jax.model.qwen2 import Qwen2, init_pools
+
+CPU_POOL_TOKENS = 65_536  # default pool on CPU (per engine), at most slots x max_seq_len
+DEVICE_MEMORY_SHARE = 0.9  # default pool on TPU/GPU: this share of free memory after weights
+
+
+def _to_host(tree):
+  """Device arrays to numpy (every process gets the whole arrays)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def batch_shards(model: Qwen2) -> int:
+  """The mesh axes the batch is split over (slots and pages divide over them)."""
+  rules = model.rules
+  if rules is None:
+    return 1
+  axes = dict(rules.rules).get("batch", ())
+  return math.prod(rules.mesh.shape[a] for a in axes)
+
+
+def _platform(model: Qwen2) -> str:
+  rules = model.rules
+  return rules.mesh.devices.flat[0].platform if rules is not None else jax.default_backend()
+
+
+def default_page_size(platform: str) -> int:
+  """16 tokens on CPU and GPU (the XLA path gathers pages; small pages waste little); 128 on
+  TPU (the kernel issues one DMA per page)."""
+  return 128 if platform == "tpu" else 16
+
+
+def kv_bytes_per_token(cfg, model: Qwen2) -> int:
+  """KV cache bytes one token takes on one device (its share of the KV heads)."""
+  rules = model.rules
+  tensor = 1
+  if rules is not None:
+    axes = dict(rules.rules).get("act_kv_heads", ())
+    tensor = math.prod(rules.mesh.shape[a] for a in axes)
+  per_device_heads = max(cfg.num_kv_heads // tensor, 1)
+  return cfg.num_layers * 2 * per_device_heads * cfg.dim_per_head * jnp.dtype(cfg.dtype).itemsize
+
+
+def default_pool_tokens(cfg, model: Qwen2, slots: int, max_seq_len: int, shards: int) -> int:
+  """The pool when `max_total_tokens` is not given: on TPU/GPU `DEVICE_MEMORY_SHARE` of the
+  memory left free after the weights (vLLM's gpu_memory_utilization idea); on CPU
+  `CPU_POOL_TOKENS`. Never more than `slots x max_seq_len` (a dense cache's size), never less
+  than one `max_seq_len` request per shard."""
+  dense = slots * max_seq_len
+  floor = shards * max_seq_len
+  tokens = min(CPU_POOL_TOKENS, dense)
+  if _platform(model) != "cpu":
+    device = (model.rules.mesh.devices.flat[0] if model.rules is not None else
+              jax.local_devices()[0])
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+      free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+      tokens = int(free * DEVICE_MEMORY_SHARE) // kv_bytes_per_token(cfg, model) * shards
+      tokens = min(tokens, dense)
+  return max(tokens, floor)
+
+
+class Engine:
+  """Continuous batching over `slots` rows and a paged KV cache (see `infer.engine`)."""
+
+  def __init__(self, model: Qwen2, *, slots: int, max_seq_len: int, tokenizer=None,
+               eos_ids: Sequence[int] | None = None, trigger_ids: Sequence[int] | None = None,
+               chunk_steps: int = 16, s1_marker_ids: Sequence[int] | None = None,
+               wait_ids: Sequence[int] | None = None, page_size: int | None = None,
+               max_total_tokens: int | None = None, prefill_tokens: int = 512):
+    if not isinstance(model, Qwen2):
+      raise Z1Error(f"model: expected a z1_jax Qwen2 model, got {type(model).__name__}")
+    for name, value in (("slots", slots), ("max_seq_len", max_seq_len),
+                        ("chunk_steps", chunk_steps), ("page_size", page_size),
+                        ("max_total_tokens", max_total_tokens),
+                        ("prefill_tokens", prefill_tokens)):
+      if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+        raise Z1Error(f"{name}={value}: expected an integer >= 1")
+    shards = self.shards = batch_shards(model)
+    if slots % shards:
+      raise Z1Error(f"slots={slots}: must be a multiple of {shards}, the mesh's batch split")
+    cfg = model.cfg
+    if max_seq_len > cfg.max_position_embeddings:
+      raise Z1Error(f"max_seq_len={max_seq_len} exceeds the model's {cfg.max_position_embeddings}"
+                    " positions (max_position_embeddings)")
+    if prefill_tokens & (prefill_tokens - 1) or prefill_tokens < 16 * shards:
+      raise Z1Error(f"prefill_tokens={prefill_tokens}: expected a power of two >= "
+                    f"{16 * shards} (16 per batch shard)")
+    self.cfg, self.tokenizer = cfg, tokenizer
+    self.slots, self.max_seq_len, self.chunk_steps = int(slots), int(max_seq_len), chunk_steps
+    self.prefill_tokens = int(prefill_tokens)
+    self.markers = resolve_markers(cfg.vocab_size, tokenizer, eos_ids, trigger_ids,
+                                   s1_marker_ids, wait_ids)
+    from z1_jax.infer.load import unrolled
+    self.model = unrolled(model)
+    self.graphdef, self.params = nnx.split(self.model)
+    self.page_size = int(page_size or default_page_size(_platform(model)))
+    if max_total_tokens is None:
+      max_total_tokens = default_pool_tokens(cfg, self.model, self.slots, self.max_seq_len,
+                                             shards)
+    per_shard = pages_for(-(-int(max_total_tokens) // shards), self.page_size)
+    self.max_total_tokens = per_shard * self.page_size * shards
+    if pages_for(max_seq_len, self.page_size) > per_shard:
+      raise Z1Error(f"max_total_tokens={max_total_tokens}: the pool holds "
+                    f"{per_shard * self.page_size} tokens per batch shard, less than one "
+                    f"request of max_seq_len={max_seq_len}; raise it or lower max_seq_len")
+    self._pools = [PagePool(per_shard + 1) for _ in range(shards)]  # + the null page
+    self.table_width = pages_for(self.max_seq_len + self.prefill_tokens, self.page_size)
+    self._shapes = prefill_shapes(self.prefill_tokens, shards)
+    pools = init_pools(cfg, shards * (per_shard + 1), self.page_size, self.model.rules)
+    self._state = DecodeState(pools, jax.tree.map(jnp.asarray, rows_init(self.slots)))
+    self._rows = {f: np.array(v) for f, v in rows_init(self.slots)._asdict().items()}
+    self._table = np.zeros((self.slots, self.table_width), np.int32)
+    self._slot: list[Seq | None] = [None] * self.slots
+    self._ready: list[Seq] = []  # branches and preempted rows, by arrival
+    self._waiting: collections.deque[Seq] = collections.deque()
+    self._ids: set = set()
+    self._cancel: set = set()
+    self._installs: dict[int, dict] = {}
+    self._releases: list[int] = []
+    self._arrivals = 0
+    self._admissions = 0
+    self.preemptions = 0
+
+  # -- requests ---------------------------------------------------------------------------------
+  def trigger_ids(self, mode: str = "z1") -> tuple[int, ...]:
+    return self.markers.z1_ids if mode == "z1" else self.markers.s1_ids
+
+  def validate(self, req: Request):
+    """Checks `req`; raises `Z1Error` naming the request and the field. Returns its sampling."""
+    sampling = check_request(req, self.cfg, self.markers, self.max_seq_len, self.tokenizer)
+    need = pages_for(len(req.prompt_ids) + stop_of(req, self.markers) - 1, self.page_size)
+    if need > self._pools[0].capacity:
+      raise Z1Error(f"request {req.id!r}: {len(req.prompt_ids)} prompt tokens + up to "
+                    f"{stop_of(req, self.markers)} generated need {need * self.page_size} "
+                    f"tokens of KV cache; a batch shard's pool holds "
+                    f"{self._pools[0].capacity * self.page_size} (max_total_tokens)")
+    return sampling
+
+  def placement(self, req: Request) -> str:
+    return placement_of(req)
+
+  def submit(self, req: Request, *, _key=None, _forks=()) -> None:
+    """Validates and queues `req` (never blocks on decoding)."""
+    sampling = self.validate(req)
+    key = req.id if _key is None else _key
+    if key in self._ids:
+      raise Z1Error(f"request {req.id!r}: the id is already queued or running")
+    self._ids.add(key)
+    seq = Seq(req, sampling, key, self._arrivals, forks=list(_forks))
+    self._arrivals += 1
+    if req.logprobs is not None:
+      seq.logprobs, seq.top_logprobs = [], []
+    if req.prompt_logprobs is not None:
+      seq.prompt_logprobs, seq.prompt_top_logprobs = [None], [[]]
+    self._waiting.append(seq)
+
+  def cancel(self, id) -> None:
+    """Drops a queued request, or frees a running one's slot at the next chunk boundary."""
+    if id in self._ids:
+      self._cancel.add(id)
+
+  def has_work(self) -> bool:
+    return bool(self._ready or self._waiting) or any(s is not None for s in self._slot)
+
+  def stats(self) -> dict:
+    pools = self._pools
+    looked = sum(p.lookup_tokens for p in pools)
+    return {"slots": self.slots, "active": sum(s is not None for s in self._slot),
+            "queued": len(self._ready) + len(self._waiting),
+            "max_seq_len": self.max_seq_len, "chunk_steps": self.chunk_steps,
+            "page_size": self.page_size, "max_total_tokens": self.max_total_tokens,
+            "pages_total": sum(p.capacity for p in pools),
+            "pages_used": sum(p.used() for p in pools),
+            "pages_free": sum(p.available() for p in pools),
+            "pages_cached": sum(len(p.by_digest) for p in pools),
+            "preemptions": self.preemptions,
+            "prefix_cache_hit_rate": (sum(p.hit_tokens for p in pools) / looked) if looked else 0.0}
+
+  # -- compiled programs ------------------------------------------------------------------------
+  def warmup(self) -> None:
+    """Compiles every program this engine can dispatch: each decode variant (sampling kind x
+    log-probabilities), each prefill shape (and the scoring variant), row writes, releases and
+    page copies. After it, serving any admissible request compiles nothing."""
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=x.sharding if x.committed else None), self._state)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    table = i32(self.slots, self.table_width)
+    for kind in ("greedy", "sample", "filter"):
+      for logprobs in (False, True):
+        programs.decode_chunk.lower(
+            self.graphdef, self.params, state, table, jax.ShapeDtypeStruct((), jnp.bool_),
+            markers=self.markers, steps=self.chunk_steps, kind=kind, logprobs=logprobs).compile()
+    for i, (r, w) in enumerate(self._shapes):
+      for logprobs in (False, True) if i == 0 else (False,):
+        programs.prefill.lower(
+            self.graphdef, self.params, state, i32(r, w), i32(r, w), i32(r, self.table_width),
+            i32(r), jax.ShapeDtypeStruct((r, w), jnp.bool_), i32(r, w),
+            logprobs=logprobs).compile()
+    rows = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        rows_init(self.slots))
+    programs.install_rows.lower(state, i32(self.slots), rows).compile()
+    programs.release.lower(state, i32(self.slots)).compile()
+    m = self._copy_width()
+    programs.copy_pages.lower(state, i32(self.shards, m), i32(self.shards, m),
+                              rules=self.model.rules).compile()
+
+  def _copy_width(self) -> int:
+    return max(1, self.slots // self.shards)
+
+  def _flush(self) -> None:
+    """Sends pending row writes and releases to the device."""
+    if self._installs:
+      slot_ids = np.full((self.slots,), self.slots, np.int32)  # padding is dropped
+      rows = {f: v.copy() for f, v in rows_init(self.slots)._asdict().items()}
+      for j, (slot, values) in enumerate(sorted(self._installs.items())):
+        slot_ids[j] = slot
+        for f, v in values.items():
+          rows[f][j] = v
+          self._rows[f][slot] = v
+      self._state = programs.install_rows(self._state, slot_ids, window.Rows(**rows))
+      self._installs.clear()
+    if self._releases:
+      slot_ids = np.full((self.slots,), self.slots, np.int32)
+      slot_ids[:len(self._releases)] = self._releases
+      self._state = programs.release(self._state, slot_ids)
+      for slot in self._releases:
+        self._rows["done"][slot] = True
+      self._releases.clear()
+
+  def _row_values(self, slot: int) -> dict:
+    return {f: np.array(v[slot]) for f, v in self._rows.items()}
+
+  def _fresh_state(self, seq: Seq) -> dict:
+    req, sampling = seq.req, seq.sampling
+    ids = [int(x) for x in req.prompt_ids]
+    budgeted = req.thinking_budget is not None
+    placement = self.placement(req) if budgeted else None
+    stop_ids = np.full(self._rows["stop_ids"].shape[1], -1, np.int32)
+    stop_ids[:len(req.stop_token_ids)] = req.stop_token_ids
+    return dict(
+        last=ids[-1], feed=len(ids) - 1, start=len(ids), n=0, phase=window.THINK, forced_at=0,
+        marker_at=-1, hit=False, ended=False, done=False,
+        pause_at=seq.forks[0] if seq.forks else window.NEVER,
+        window=req.thinking_budget if budgeted else window.NEVER,
+        replace=placement == "replace", stop=stop_of(req, self.markers),
+        answer=req.answer_tokens if budgeted else window.NEVER, min_thinking=req.min_thinking,
+        s1=req.mode == "s1", seed=req.seed, row_id=req.row_id,
+        temperature=sampling.temperature, top_k=sampling.top_k or 0,
+        top_p=1.0 if sampling.top_p is None else sampling.top_p, ignore_eos=bool(req.ignore_eos),
+        min_tokens=req.min_tokens, stop_ids=stop_ids)
+
+  # -- stepping ---------------------------------------------------------------------------------
+  def step(self) -> list[Event]:
+    """One dispatch: cancels, sweep branches, admission, a prefill chunk, page growth (and
+    preemption), then up to `chunk_steps` decode steps; returns what happened."""
+    events = self._cancels()
+    self._fork_paused()
+    self._admit()
+    events += self._prefill()
+    self._grow()
+    self._flush()
+    if any(s is not None and s.decoding for s in self._slot):
+      events += self._decode()
+    return events
+
+  def _shard_of(self, slot: int) -> int:
+    return slot // (self.slots // self.shards)
+
+  def _limit(self, state: dict) -> int:
+    """Positions a row may ever hold: its prompt and all it can generate (the last generated
+    token is never fed)."""
+    return int(state["start"]) + int(state["stop"]) - 1
+
+  def _reach(self, state: dict) -> int:
+    """Positions the row must hold pages for before its next decode chunk."""
+    return min(int(state["feed"]) + self.chunk_steps, self._limit(state))
+
+  def _admit(self) -> None:
+    free = [s for s in range(self.slots) if self._slot[s] is None]
+    kept = []
+    for seq in self._ready:
+      if not free or self._try_admit(seq, free) != "ok":
+        kept.append(seq)
+    self._ready = kept
+    waiting = collections.deque()
+    blocked = False
+    while self._waiting:
+      seq = self._waiting.popleft()
+      outcome = "blocked" if blocked or not free else self._try_admit(seq, free)
+      if outcome != "ok":
+        waiting.append(seq)
+        blocked = blocked or outcome == "blocked"
+    self._waiting = waiting
+
+  def _try_admit(self, seq: Seq, free: list[int]) -> str:
+    """'ok' (seq now holds a slot and its first pages), 'defer' (its prompt's pages are being
+    prefilled by another row this step: next step it shares them) or 'blocked' (no room)."""
+    ps = self.page_size
+    if seq.pages is not None:  # a branch holding its trunk's pages: only its shard will do
+      slot = next((s for s in free if self._shard_of(s) == seq.shard), None)
+      if slot is None:
+        return "blocked"
+      pool = self._pools[seq.shard]
+      new = pool.alloc(max(0, pages_for(self._reach(seq.state), ps) - len(seq.pages)))
+      if new is None:
+        return "blocked"
+      seq.pages += new
+      seq.context, seq.filled = [], 0
+      self._installs[slot] = dict(seq.state)
+    else:
+      shards = sorted({self._shard_of(s) for s in free},
+                      key=lambda d: (-self._pools[d].available(), d))
+      shard = shards[0]
+      slot = next(s for s in free if self._shard_of(s) == shard)
+      pool = self._pools[shard]
+      prompt = [int(x) for x in seq.req.prompt_ids]
+      full = prompt + seq.tokens
+      context = full[:-1]
+      digests = prefix_digests(prompt, ps, (len(prompt) - 1) // ps)
+      cached, pending = ([], False) if seq.req.prompt_logprobs is not None else (
+          pool.lookup(digests))
+      if pending:
+        pool.release(cached)
+        return "defer"
+      state = seq.state or self._fresh_state(seq)
+      new = pool.alloc(max(0, pages_for(self._reach(state), ps) - len(cached)))
+      if new is None:
+        pool.release(cached)
+        return "blocked"
+      if seq.req.prompt_logprobs is None:
+        pool.lookup_tokens += len(digests) * ps
+        pool.hit_tokens += len(cached) * ps
+      seq.pages, seq.shard, seq.state = cached + new, shard, state
+      seq.context, seq.filled, seq.digests = context, len(cached) * ps, digests
+      pool.pending.update(digests[len(cached):])
+      if seq.filled >= len(context):
+        self._installs[slot] = dict(state)
+    seq.slot = slot
+    seq.admitted = self._admissions
+    self._admissions += 1
+    self._slot[slot] = seq
+    self._set_table(seq)
+    free.remove(slot)
+    return "ok"
+
+  def _set_table(self, seq: Seq) -> None:
+    row = self._table[seq.slot]
+    row[:] = 0
+    row[:len(seq.pages)] = seq.pages
+
+  def _prefill(self) -> list[Event]:
+    rows = sorted((s for s in self._slot if s is not None and s.context is not None
+                   and s.filled < len(s.context)), key=lambda s: s.admitted)
+    if not rows:
+      return []
+    scoring = [s for s in rows if s.req.prompt_logprobs is not None]
+    rows = scoring or rows
+    by_shard = [[s for s in rows if s.shard == d] for d in range(self.shards)]
+    shapes = self._shapes[:1] if scoring else self._shapes
+    r, w, takes = choose_shape([[len(s.context) - s.filled for s in group]
+                                for group in by_shard], shapes, self.shards)
+    per = r // self.shards
+    tokens = np.zeros((r, w), np.int32)
+    positions = np.tile(np.arange(w, dtype=np.int32), (r, 1))
+    valid = np.zeros((r, w), bool)
+    pages = np.zeros((r, self.table_width), np.int32)
+    lengths = np.full((r,), w, np.int32)
+    targets = np.zeros((r, w), np.int32)
+    chosen = []
+    for d, (group, take) in enumerate(zip(by_shard, takes)):
+      for j, (seq, c) in enumerate(zip(group, take)):
+        i, a = d * per + j, seq.filled
+        tokens[i, :c] = seq.context[a:a + c]
+        positions[i] += a
+        valid[i, :c] = True
+        pages[i] = self._table[seq.slot]
+        lengths[i] = a + w
+        full = seq.context + [self._last_token(seq)]
+        targets[i, :c] = full[a + 1:a + c + 1]
+        chosen.append((i, seq, c))
+    self._flush()
+    out = programs.prefill(self.graphdef, self.params, self._state, tokens, positions, pages,
+                           lengths, valid, targets, logprobs=bool(scoring))
+    if scoring:
+      self._state, lp, top_ids, top_lp = out
+      lp, top_ids, top_lp = _to_host((lp, top_ids, top_lp))
+    else:
+      self._state = out
+    events = []
+    for i, seq, c in chosen:
+      pool = self._pools[seq.shard]
+      if scoring:
+        want = len(seq.req.prompt_ids) - len(seq.prompt_logprobs)
+        k = seq.req.prompt_logprobs
+        for j in range(min(c, want)):
+          seq.prompt_logprobs.append(float(lp[i, j]))
+          seq.prompt_top_logprobs.append(
+              [(int(t), float(v)) for t, v in zip(top_ids[i, j, :k], top_lp[i, j, :k])])
+      seq.filled += c
+      for p in range(min(seq.filled // self.page_size, len(seq.digests))):
+        pool.register(seq.pages[p], seq.digests[p])
+      if seq.filled >= len(seq.context):
+        if seq.req.max_new_tokens == 0:  # scoring only: nothing to generate
+          events.append(self._finish(seq, ended=False, hit=False, marker_at=-1))
+        else:
+          self._installs[seq.slot] = dict(seq.state)
+    return events
+
+  def _last_token(self, seq: Seq) -> int:
+    return int(seq.req.prompt_ids[-1]) if not seq.tokens else int(seq.tokens[-1])
+
+  def _grow(self) -> None:
+    """Pages for every decoding row's next chunk, preempting the most recently admitted rows
+    of a shard whose pool runs dry."""
+    ps = self.page_size
+    for seq in sorted((s for s in self._slot if s is not None and s.decoding),
+                      key=lambda s: s.admitted):
+      if seq.slot is None:  # preempted earlier in this loop
+        continue
+      state = self._installs.get(seq.slot) or self._row_values(seq.slot)
+      if state["done"]:
+        continue
+      extra = pages_for(self._reach(state), ps) - len(seq.pages)
+      pool = self._pools[seq.shard]
+      while extra > 0:
+        got = pool.alloc(extra)
+        if got is not None:
+          seq.pages += got
+          self._set_table(seq)
+          break
+        victim = self._victim(seq.shard)
+        self._preempt(victim)
+        if victim is seq:
+          break
+
+  def _victim(self, shard: int) -> Seq:
+    """Whom to take pages from: a parked branch's private pages first, then the most recently
+    admitted row of the shard."""
+    parked = [s for s in self._ready if s.pages is not None and s.shard == shard]
+    if parked:
+      return max(parked, key=lambda s: s.order)
+    return max((s for s in self._slot if s is not None and s.shard == shard),
+               key=lambda s: s.admitted)
+
+  def _preempt(self, seq: Seq) -> None:
+    """Gives `seq`'s pages back; it returns to `ready` and recomputes its context later."""
+    pool = self._pools[seq.shard]
+    pool.release(seq.pages)
+    pool.pending.difference_update(seq.digests[seq.filled // self.page_size:])
+    if seq.slot is not None:
+      if seq.decoding:
+        seq.state = self._installs.pop(seq.slot, None) or self._row_values(seq.slot)
+        self._releases.append(seq.slot)
+      else:
+        self._installs.pop(seq.slot, None)
+      self._slot[seq.slot] = None
+      self._table[seq.slot] = 0
+      bisect.insort(self._ready, seq, key=lambda s: s.order)
+      self.preemptions += 1
+    seq.pages = seq.shard = seq.slot = seq.context = None
+    seq.filled = 0
+
+  def _fork_paused(self) -> None:
+    """Sweep: a trunk paused at a budget leaves its branch in `ready` (holding the trunk's
+    pages below the branch's first write, and a copy of the partial page there) and goes on
+    to its next budget."""
+    copies = [[] for _ in range(self.shards)]
+    for slot, seq in enumerate(self._slot):
+      if seq is None or not seq.forks or not seq.decoding:
+        continue
+      st = self._row_values(slot)
+      thinking = st["phase"] in (window.THINK, window.WAIT)
+      if st["done"] or not thinking or st["n"] != st["pause_at"]:
+        continue
+      budget = seq.forks.pop(0)
+      self._installs[slot] = dict(st, pause_at=seq.forks[0] if seq.forks else window.NEVER)
+      branch = Seq(dataclasses.replace(seq.req, thinking_budget=budget), seq.sampling,
+                   (seq.key[0], budget), seq.order, tokens=list(seq.tokens),
+                   streamed=seq.streamed, state=dict(st, window=budget, pause_at=window.NEVER))
+      if seq.logprobs is not None:
+        branch.logprobs, branch.top_logprobs = list(seq.logprobs), list(seq.top_logprobs)
+      t = len(self.trigger_ids(seq.req.mode))
+      p = int(st["start"]) + int(st["n"])
+      first = p - max(t, 1) if st["replace"] else p - 1  # the branch's first write
+      pool, ps = self._pools[seq.shard], self.page_size
+      shared = seq.pages[:first // ps]
+      partial = first % ps != 0
+      copy = pool.alloc(1) if partial else []
+      if copy is not None:
+        pool.share(shared)
+        branch.pages, branch.shard = shared + copy, seq.shard
+        if partial:
+          copies[seq.shard].append((seq.pages[first // ps], copy[0]))
+      self._ids.add(branch.key)
+      bisect.insort(self._ready, branch, key=lambda s: s.order)
+    if any(copies):
+      m = self._copy_width()
+      src = np.zeros((self.shards, m), np.int32)
+      dst = np.full((self.shards, m), programs.DROP, np.int32)
+      for d, pairs in enumerate(copies):
+        for j, (a, b) in enumerate(pairs):
+          src[d, j], dst[d, j] = a, b
+      self._flush()
+      self._state = programs.copy_pages(self._state, src, dst, rules=self.model.rules)
+
+  def _decode(self) -> list[Event]:
+    live = [s for s in self._slot if s is not None and s.decoding]
+    kind = variant(s.sampling for s in live)
+    logprobs = any(s.req.logprobs is not None for s in live)
+    exit_on_event = bool(self._ready or self._waiting or any(s.forks for s in live))
+    self._state, out = programs.decode_chunk(
+        self.graphdef, self.params, self._state, self._table, np.bool_(exit_on_event),
+        markers=self.markers, steps=self.chunk_steps, kind=kind, logprobs=logprobs)
+    out, rows = _to_host((out, self._state.rows))
+    for f, v in rows._asdict().items():
+      self._rows[f] = np.array(v)
+    events = []
+    for slot, seq in enumerate(self._slot):
+      if seq is None or not seq.decoding:
+        continue
+      self._apply(seq, slot, out)
+      ev = self._event(seq, slot)
+      if ev is not None:
+        events.append(ev)
+    return events
+
+  def _apply(self, seq: Seq, slot: int, out: dict) -> None:
+    """The chunk's tokens (and log-probabilities) of one row into its host record; a replace
+    row rewound at its budget drops what it wrote after B - T."""
+    k = seq.req.logprobs
+    for s, (tok, at) in enumerate(zip(out["tokens"][slot], out["index"][slot])):
+      if at < 0:
+        continue
+      del seq.tokens[at:]
+      seq.tokens.append(int(tok))
+      if seq.logprobs is not None:
+        del seq.logprobs[at:], seq.top_logprobs[at:]
+        seq.logprobs.append(float(out["logprob"][slot, s]))
+        seq.top_logprobs.append([(int(i), float(v)) for i, v in
+                                 zip(out["top_ids"][slot, s, :k], out["top_logprobs"][slot, s, :k])])
+    if len(seq.tokens) != self._rows["n"][slot]:
+      raise AssertionError(f"slot {slot}: host has {len(seq.tokens)} tokens, device "
+                           f"{self._rows['n'][slot]}")
+
+  def _event(self, seq: Seq, slot: int) -> Event | None:
+    r = self._rows
+    req = seq.req
+    budgeted = req.thinking_budget is not None
+    t = len(self.trigger_ids(req.mode)) if budgeted else 0
+    done, marker_at = bool(r["done"][slot]), int(r["marker_at"][slot])
+    thinking = r["phase"][slot] in (window.THINK, window.WAIT)
+    bound = window.committed(len(seq.tokens), done, thinking,
+                             req.thinking_budget if budgeted else window.NEVER,
+                             budgeted and self.placement(req) == "replace", t)
+    stop = self._stop_match(seq, bound, marker_at, t) if req.stop else None
+    finished = None
+    if stop is not None:
+      bound = stop[0]
+      del seq.tokens[bound:]
+      if seq.logprobs is not None:
+        del seq.logprobs[bound:], seq.top_logprobs[bound:]
+      if marker_at >= bound:
+        marker_at = -1
+      self._releases.append(slot)
+      finished = self._finish(seq, True, bool(r["hit"][slot]) and marker_at >= 0, marker_at,
+                              stop_reason=stop[1], stop_offset=stop[2], event=False)
+    elif done:
+      finished = self._finish(seq, bool(r["ended"][slot]), bool(r["hit"][slot]), marker_at,
+                              event=False)
+    new = seq.tokens[seq.streamed:bound]
+    offset = seq.streamed
+    seq.streamed = max(bound, seq.streamed)
+    if not new and finished is None:
+      return None
+    in_answer = marker_at >= 0 and offset >= marker_at
+    trigger_at = marker_at - offset if marker_at >= 0 and offset <= marker_at < bound else None
+    lp = top = None
+    if seq.logprobs is not None:
+      lp, top = seq.logprobs[offset:offset + len(new)], seq.top_logprobs[offset:offset + len(new)]
+    return Event(seq.key, new, offset, "answer" if in_answer else "thinking", trigger_at, t,
+                 finished, logprobs=lp, top_logprobs=top)
+
+  def _segments(self, seq: Seq, end: int, marker_at: int, t: int) -> list[tuple[int, int]]:
+    """Token ranges of the generated text (the forced trigger / marker excluded)."""
+    if marker_at < 0 or marker_at >= end:
+      return [(0, end)]
+    return [(0, marker_at), (marker_at + t, end)]
+
+  def _stop_match(self, seq: Seq, bound: int, marker_at: int, t: int):
+    """The first stop string in the final tokens [seq.checked, bound) of the generated text:
+    (tokens to keep: up to the one completing it, the string, its character offset in its
+    segment's text), or None. Only a short window is decoded per chunk (the new tokens and
+    enough before them for a match across the boundary)."""
+    decode = self.tokenizer.decode
+    longest = max(len(s) for s in seq.req.stop)
+    for lo, hi in self._segments(seq, bound, marker_at, t):
+      start = max(lo, seq.checked)
+      if start >= hi:
+        continue
+      look = max(lo, start - longest - 4)
+      text = decode(seq.tokens[look:hi])
+      hits = sorted((i, s) for s in seq.req.stop if (i := text.find(s)) >= 0)
+      if not hits:
+        continue
+      at, s = hits[0]
+      keep = next(j for j in range(look, hi + 1) if len(decode(seq.tokens[look:j])) >= at + len(s))
+      before = len(decode(seq.tokens[lo:look]))
+      offset = decode(seq.tokens[lo:keep]).find(s, max(before - len(s), 0))
+      return keep, s, offset
+    seq.checked = max(seq.checked, bound)
+    return None
+
+  def _finish(self, seq: Seq, ended: bool, hit: bool, marker_at: int, stop_reason=None,
+              stop_offset=None, event: bool = True):
+    """Frees the row's slot and pages; returns its Generation (or a finished Event)."""
+    ids = list(seq.tokens)
+    t = len(self.trigger_ids(seq.req.mode)) if seq.req.thinking_budget is not None else 0
+    if marker_at >= 0:
+      thinking, answer = marker_at, len(ids) - marker_at - t
+    else:
+      thinking, answer = len(ids), 0
+    if stop_reason is None and ended and ids and ids[-1] in seq.req.stop_token_ids:
+      stop_reason = ids[-1]
+    text = None
+    if self.tokenizer is not None:
+      ends = set(self.markers.eos_ids) | set(seq.req.stop_token_ids)
+      body = ids[:-1] if ended and ids and ids[-1] in ends else ids
+      if stop_offset is not None:
+        lo = self._segments(seq, len(body), marker_at, t)[-1][0]
+        text = (self.tokenizer.decode(body[:lo]) +
+                self.tokenizer.decode(body[lo:])[:stop_offset])
+      else:
+        text = self.tokenizer.decode(body)
+    gen = Generation(ids, thinking, hit, max(answer, 0), ended, text, seq.req.id,
+                     len(seq.req.prompt_ids), stop_reason, seq.logprobs, seq.top_logprobs,
+                     seq.prompt_logprobs, seq.prompt_top_logprobs)
+    self._drop(seq)
+    if not event:
+      return gen
+    return Event(seq.key, [], seq.streamed, "thinking", None, t, gen)
+
+  def _drop(self, seq: Seq) -> None:
+    if seq.pages is not None:
+      pool = self._pools[seq.shard]
+      pool.release(seq.pages)
+      pool.pending.difference_update(seq.digests[seq.filled // self.page_size:])
+    if seq.slot is not None:
+      self._slot[seq.slot] = None
+      self._table[seq.slot] = 0
+      self._installs.pop(seq.slot, None)
+    seq.pages = seq.slot = None
+    self._ids.discard(seq.key)
+
+  def _cancels(self) -> list[Event]:
+    if not self._cancel:
+      return []
+    events = []
+    for queue in (self._ready, self._waiting):
+      for seq in [s for s in queue if s.key in self._cancel]:
+        queue.remove(seq)
+        events.append(Event(seq.key, [], seq.streamed, "thinking", None, 0, None, "cancelled"))
+        self._drop(seq)
+    for slot, seq in enumerate(self._slot):
+      if seq is not None and seq.key in self._cancel:
+        events.append(Event(seq.key, [], seq.streamed, "thinking", None, 0, None, "cancelled"))
+        self._releases.append(slot)
+        self._drop(seq)
+    self._cancel.clear()
+    return events
+
+  # -- convenience ------------------------------------------------------------------------------
+  def run(self, requests: Sequence[Request], progress=None) -> list[Generation]:
+    """Submits every request, steps until all are done; their Generations in input order.
+    `progress(n)` is called with the number finished in each step."""
+    requests = list(requests)
+    for req in requests:
+      self.validate(req)
+    for req in requests:
+      self.submit(req)
+    out = {}
+    while self.has_work():
+      finished = [e.finished for e in self.step() if e.finished is not None]
+      for g in finished:
+        out[g.id] = g
+      if progress is not None and finished:
+        progress(len(finished))
+    return [out[r.id] for r in requests]
+
+  def sweep(self, requests: Sequence[Request], budgets: Sequence[int],
+            progress=None) -> dict[int, list[Generation]]:
+    """Every request at every budget in `budgets` (requests carry `answer_tokens`; their own
+    `thinking_budget` is ignored), decoding each request's shared trunk once: the trunk runs
+    with the largest budget and, still thinking at a smaller one, leaves that budget's branch
+    behind (sharing its pages) and goes on. Branches are rows like any other, queued ahead of
+    new requests. A row that ended earlier needs no branch. Equal token for token to separate
+    runs at each budget."""
+    budgets = sorted({int(b) for b in budgets})
+    requests = list(requests)
+    trunks = [dataclasses.replace(r, thinking_budget=budgets[-1]) for r in requests]
+    for req in trunks:
+      for b in budgets:
+        self.validate(dataclasses.replace(req, thinking_budget=b))
+    for req in trunks:
+      self.submit(req, _key=(req.id, budgets[-1]), _forks=budgets[:-1])
+    results: dict[tuple, Generation] = {}
+    while self.has_work():
+      for e in self.step():
+        if e.finished is not None:
+          results[e.id] = e.finished
+          if progress is not None:
+            progress(1)
+    # no branch at a budget: the trunk had ended (or answered, s1) before it, so the trunk's
+    # result is that budget's result
+    return {b: [results.get((r.id, b), results[(r.id, budgets[-1])]) for r in requests]
+            for b in budgets}
