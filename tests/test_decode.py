@@ -193,16 +193,19 @@ def test_eight_device_serving_mesh_equals_one_device(hf_checkpoint, tiny):
   assert generate(sharded, prompts, **kw) == generate(model, prompts, **kw)
 
 
-def test_serving_mesh_splits_head_dim_when_heads_do_not_divide(hf_checkpoint):
+def test_a_head_dim_split_layout_is_refused_by_the_paged_cache(hf_checkpoint):
+  """`serving_rules` split head_dim when the heads do not divide over tensor (how a checkpoint
+  loads before its heads are padded); decoding needs whole heads per shard, so the engine
+  refuses that layout by name instead of replicating attention (`load_for_decoding` pads)."""
   from jax.sharding import PartitionSpec as P
   from z1_jax.model.sharding import make_mesh, serving_rules
   _, path = hf_checkpoint("tied-gqa2")  # 4 query heads on tensor=8: head_dim (16) is split
   one = z1_jax.load_hf(path)
   sharded = z1_jax.load_hf(path, rules=serving_rules(make_mesh(1, 1, 8), one.cfg.num_heads))
   assert sharded.layers[0].attn.q_proj[...].sharding.spec == P(None, None, "tensor")
-  prompts = [[5, 6, 7, 8, 9], [10, 11]]
   kw = dict(thinking_budget=14, answer_tokens=4, trigger_ids=TRIGGER, eos_ids=[255])
-  assert generate(sharded, prompts, **kw) == generate(one, prompts, **kw)
+  with pytest.raises(Z1Error, match="whole KV heads on every shard.*load_for_decoding"):
+    generate(sharded, [[5, 6, 7, 8, 9]], **kw)
 
 
 def test_engine_step_updates_the_donated_pool_in_place(tiny):

@@ -121,19 +121,22 @@ def rpa_block_sizes(page_size: int, pages_per_row: int, queries: int) -> tuple[i
 
 
 def attend_rpa(q: jax.Array, pool: jax.Array, pages: jax.Array, lengths: jax.Array,
-               interpret: bool = False) -> jax.Array:
+               interpret: bool = False, kernel=None) -> jax.Array:
   """The TPU kernel (`jax.experimental.pallas.ops.tpu.ragged_paged_attention`) on one shard:
   every row is a sequence of L queries (padding queries included) at positions
   `lengths - L .. lengths - 1`, which is how the engine lays out decode steps (L = 1) and
-  prefill chunks. `interpret` runs it in TPU interpret mode (tests on CPU)."""
-  from jax.experimental.pallas.ops.tpu.ragged_paged_attention import kernel as rpa
+  prefill chunks. `interpret` runs it in TPU interpret mode, `kernel` replaces the installed
+  kernel function (tests on CPU: JAX 0.10's interpreter needs a patched copy)."""
+  if kernel is None:
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import kernel as rpa
+    kernel = rpa.ragged_paged_attention
   b, l, h, d = q.shape
   ps = pool.shape[1]
   mp = pages.shape[1]
   kv_pages, q_block = rpa_block_sizes(ps, mp, l)
   cu = jnp.arange(b + 1, dtype=jnp.int32) * l
   call = functools.partial(
-      rpa.ragged_paged_attention, q.reshape(b * l, h, d), pool, lengths.astype(jnp.int32),
+      kernel, q.reshape(b * l, h, d), pool, lengths.astype(jnp.int32),
       pages.astype(jnp.int32), cu, jnp.asarray([b], jnp.int32), sm_scale=d**-0.5,
       num_kv_pages_per_block=kv_pages, num_queries_per_block=q_block)
   if interpret:

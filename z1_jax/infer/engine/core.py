@@ -135,7 +135,8 @@ class Engine:
     self.table_width = pages_for(self.max_seq_len + self.prefill_tokens, self.page_size)
     self._shapes = prefill_shapes(self.prefill_tokens, shards)
     pools = init_pools(cfg, shards * (per_shard + 1), self.page_size, self.model.rules)
-    self._state = DecodeState(pools, jax.tree.map(jnp.asarray, rows_init(self.slots)))
+    self._row_shardings = programs.rows_shardings(self.model.rules)
+    self._state = DecodeState(pools, self._device_rows(rows_init(self.slots)))
     self._rows = {f: np.array(v) for f, v in rows_init(self.slots)._asdict().items()}
     self._table = np.zeros((self.slots, self.table_width), np.int32)
     self._slot: list[Seq | None] = [None] * self.slots
@@ -144,6 +145,7 @@ class Engine:
     self._ids: set = set()
     self._cancel: set = set()
     self._installs: dict[int, dict] = {}
+    self._compiled: dict = {}
     self._releases: list[int] = []
     self._arrivals = 0
     self._admissions = 0
@@ -155,14 +157,7 @@ class Engine:
 
   def validate(self, req: Request):
     """Checks `req`; raises `Z1Error` naming the request and the field. Returns its sampling."""
-    sampling = check_request(req, self.cfg, self.markers, self.max_seq_len, self.tokenizer)
-    need = pages_for(len(req.prompt_ids) + stop_of(req, self.markers) - 1, self.page_size)
-    if need > self._pools[0].capacity:
-      raise Z1Error(f"request {req.id!r}: {len(req.prompt_ids)} prompt tokens + up to "
-                    f"{stop_of(req, self.markers)} generated need {need * self.page_size} "
-                    f"tokens of KV cache; a batch shard's pool holds "
-                    f"{self._pools[0].capacity * self.page_size} (max_total_tokens)")
-    return sampling
+    return check_request(req, self.cfg, self.markers, self.max_seq_len, self.tokenizer)
 
   def placement(self, req: Request) -> str:
     return placement_of(req)
@@ -208,29 +203,64 @@ class Engine:
   def warmup(self) -> None:
     """Compiles every program this engine can dispatch: each decode variant (sampling kind x
     log-probabilities), each prefill shape (and the scoring variant), row writes, releases and
-    page copies. After it, serving any admissible request compiles nothing."""
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=x.sharding if x.committed else None), self._state)
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    table = i32(self.slots, self.table_width)
+    page copies. The engine keeps the executables and calls them, so after this serving any
+    admissible request compiles nothing (without it, each compiles on first use)."""
     for kind in ("greedy", "sample", "filter"):
       for logprobs in (False, True):
-        programs.decode_chunk.lower(
-            self.graphdef, self.params, state, table, jax.ShapeDtypeStruct((), jnp.bool_),
-            markers=self.markers, steps=self.chunk_steps, kind=kind, logprobs=logprobs).compile()
+        self._decode_exe(kind, logprobs)
     for i, (r, w) in enumerate(self._shapes):
       for logprobs in (False, True) if i == 0 else (False,):
-        programs.prefill.lower(
-            self.graphdef, self.params, state, i32(r, w), i32(r, w), i32(r, self.table_width),
-            i32(r), jax.ShapeDtypeStruct((r, w), jnp.bool_), i32(r, w),
-            logprobs=logprobs).compile()
-    rows = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        rows_init(self.slots))
-    programs.install_rows.lower(state, i32(self.slots), rows).compile()
-    programs.release.lower(state, i32(self.slots)).compile()
+        self._prefill_exe(r, w, logprobs)
+    for name in ("install", "release", "copy"):
+      self._small_exe(name)
+
+  def _exe(self, key, lower):
+    """The executable for `key`, compiled (from `lower()`) on first use and kept."""
+    exe = self._compiled.get(key)
+    if exe is None:
+      exe = self._compiled[key] = lower().compile()
+    return exe
+
+  def _device_rows(self, rows: window.Rows) -> window.Rows:
+    """Host rows as device arrays in the rows' layout (every process passes the same values)."""
+    sh = self._row_shardings
+    if sh is None:
+      return jax.tree.map(jnp.asarray, rows)
+    out = jax.tree.map(lambda x: sh[0] if x.ndim == 1 else sh[1], rows)
+    return jax.jit(lambda r: r, out_shardings=out)(rows)
+
+  def _abstract_state(self):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        self._state)
+
+  def _decode_exe(self, kind: str, logprobs: bool):
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    return self._exe(("decode", kind, logprobs), lambda: programs.decode_chunk.lower(
+        self.graphdef, self.params, self._abstract_state(), i32(self.slots, self.table_width),
+        jax.ShapeDtypeStruct((), jnp.bool_), markers=self.markers, steps=self.chunk_steps,
+        kind=kind, logprobs=logprobs, shardings=self._row_shardings))
+
+  def _prefill_exe(self, r: int, w: int, logprobs: bool):
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    return self._exe(("prefill", r, w, logprobs), lambda: programs.prefill.lower(
+        self.graphdef, self.params, self._abstract_state(), i32(r, w), i32(r, w),
+        i32(r, self.table_width), i32(r), jax.ShapeDtypeStruct((r, w), jnp.bool_), i32(r, w),
+        logprobs=logprobs))
+
+  def _small_exe(self, name: str):
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    state = self._abstract_state
+    if name == "install":
+      rows = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          rows_init(self.slots))
+      return self._exe(name, lambda: programs.install_rows.lower(
+          state(), i32(self.slots), rows, shardings=self._row_shardings))
+    if name == "release":
+      return self._exe(name, lambda: programs.release.lower(
+          state(), i32(self.slots), shardings=self._row_shardings))
     m = self._copy_width()
-    programs.copy_pages.lower(state, i32(self.shards, m), i32(self.shards, m),
-                              rules=self.model.rules).compile()
+    return self._exe(name, lambda: programs.copy_pages.lower(
+        state(), i32(self.shards, m), i32(self.shards, m), rules=self.model.rules))
 
   def _copy_width(self) -> int:
     return max(1, self.slots // self.shards)
@@ -245,12 +275,12 @@ class Engine:
         for f, v in values.items():
           rows[f][j] = v
           self._rows[f][slot] = v
-      self._state = programs.install_rows(self._state, slot_ids, window.Rows(**rows))
+      self._state = self._small_exe("install")(self._state, slot_ids, window.Rows(**rows))
       self._installs.clear()
     if self._releases:
       slot_ids = np.full((self.slots,), self.slots, np.int32)
       slot_ids[:len(self._releases)] = self._releases
-      self._state = programs.release(self._state, slot_ids)
+      self._state = self._small_exe("release")(self._state, slot_ids)
       for slot in self._releases:
         self._rows["done"][slot] = True
       self._releases.clear()
@@ -407,8 +437,8 @@ class Engine:
         targets[i, :c] = full[a + 1:a + c + 1]
         chosen.append((i, seq, c))
     self._flush()
-    out = programs.prefill(self.graphdef, self.params, self._state, tokens, positions, pages,
-                           lengths, valid, targets, logprobs=bool(scoring))
+    out = self._prefill_exe(r, w, bool(scoring))(self.params, self._state, tokens, positions,
+                                                 pages, lengths, valid, targets)
     if scoring:
       self._state, lp, top_ids, top_lp = out
       lp, top_ids, top_lp = _to_host((lp, top_ids, top_lp))
@@ -529,16 +559,15 @@ class Engine:
         for j, (a, b) in enumerate(pairs):
           src[d, j], dst[d, j] = a, b
       self._flush()
-      self._state = programs.copy_pages(self._state, src, dst, rules=self.model.rules)
+      self._state = self._small_exe("copy")(self._state, src, dst)
 
   def _decode(self) -> list[Event]:
     live = [s for s in self._slot if s is not None and s.decoding]
     kind = variant(s.sampling for s in live)
     logprobs = any(s.req.logprobs is not None for s in live)
     exit_on_event = bool(self._ready or self._waiting or any(s.forks for s in live))
-    self._state, out = programs.decode_chunk(
-        self.graphdef, self.params, self._state, self._table, np.bool_(exit_on_event),
-        markers=self.markers, steps=self.chunk_steps, kind=kind, logprobs=logprobs)
+    self._state, out = self._decode_exe(kind, logprobs)(
+        self.params, self._state, self._table, np.bool_(exit_on_event))
     out, rows = _to_host((out, self._state.rows))
     for f, v in rows._asdict().items():
       self._rows[f] = np.array(v)

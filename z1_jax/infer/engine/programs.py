@@ -49,6 +49,23 @@ def rows_init(n: int) -> window.Rows:
       ignore_eos=f, min_tokens=z, stop_ids=np.full((n, MAX_STOP_TOKEN_IDS), -1, np.int32))
 
 
+def rows_shardings(rules):
+  """(sharding of the `[slots]` row arrays, of `[slots, S]` ones) on `rules`' mesh: rows over
+  the batch's axes; None on one device. Every program keeps the rows so (a fixed layout the
+  engine's executables are compiled for)."""
+  if rules is None:
+    return None
+  one = rules.sharding(("batch",))
+  return one, jax.sharding.NamedSharding(one.mesh, jax.sharding.PartitionSpec(one.spec[0], None))
+
+
+def _keep(rows: window.Rows, shardings) -> window.Rows:
+  if shardings is None:
+    return rows
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+      x, shardings[0] if x.ndim == 1 else shardings[1]), rows)
+
+
 def _slots_of(pages, positions, page_size, go):
   """Flat slot ids `[B, L]` of `positions` in each row's pages; DROP where `go` is False or
   the position is past the page table (never clamped onto the last page; the host bounds
@@ -82,10 +99,11 @@ def _top(logprobs):
   return ids.astype(jnp.int32), values
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "markers", "steps", "kind", "logprobs"),
-                   donate_argnames="state")
+@functools.partial(jax.jit, static_argnames=("graphdef", "markers", "steps", "kind", "logprobs",
+                                             "shardings"), donate_argnames="state")
 def decode_chunk(graphdef, params, state: DecodeState, pages, exit_on_event, *,
-                 markers: window.Markers, steps: int, kind: str, logprobs: bool):
+                 markers: window.Markers, steps: int, kind: str, logprobs: bool,
+                 shardings=None):
   """Up to `steps` decode steps over the rows (see the module docstring). Returns the state,
   the chunk's tokens and their indices `[slots, steps]` (index -1: no token), and with
   `logprobs` each token's log-probability `[slots, steps]` and the top ids / log-probabilities
@@ -130,7 +148,7 @@ def decode_chunk(graphdef, params, state: DecodeState, pages, exit_on_event, *,
                top_ids=jnp.zeros((b, steps, MAX_LOGPROBS), jnp.int32),
                top_logprobs=jnp.zeros((b, steps, MAX_LOGPROBS), jnp.float32))
   _, state, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, jnp.bool_(False)))
-  return state, out
+  return state._replace(rows=_keep(state.rows, shardings)), out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "logprobs"), donate_argnames="state")
@@ -153,18 +171,20 @@ def prefill(graphdef, params, state: DecodeState, tokens, positions, pages, leng
   return state, jnp.take_along_axis(lp, targets[..., None], -1)[..., 0], ids, values
 
 
-@functools.partial(jax.jit, donate_argnames="state")
-def install_rows(state: DecodeState, slot_ids, rows: window.Rows) -> DecodeState:
+@functools.partial(jax.jit, static_argnames=("shardings",), donate_argnames="state")
+def install_rows(state: DecodeState, slot_ids, rows: window.Rows, *,
+                 shardings=None) -> DecodeState:
   """Writes `rows` (`[S]`) into slots `slot_ids [S]` (an id >= slots is dropped)."""
   put = lambda buf, x: buf.at[slot_ids].set(x, mode="drop")
-  return state._replace(rows=jax.tree.map(put, state.rows, rows))
+  return state._replace(rows=_keep(jax.tree.map(put, state.rows, rows), shardings))
 
 
-@functools.partial(jax.jit, donate_argnames="state")
-def release(state: DecodeState, slot_ids) -> DecodeState:
+@functools.partial(jax.jit, static_argnames=("shardings",), donate_argnames="state")
+def release(state: DecodeState, slot_ids, *, shardings=None) -> DecodeState:
   """Marks slots done (a cancelled or stopped request stops at once)."""
   rows = state.rows
-  return state._replace(rows=rows._replace(done=rows.done.at[slot_ids].set(True, mode="drop")))
+  rows = rows._replace(done=rows.done.at[slot_ids].set(True, mode="drop"))
+  return state._replace(rows=_keep(rows, shardings))
 
 
 @functools.partial(jax.jit, static_argnames=("rules",), donate_argnames="state")
