@@ -74,12 +74,32 @@ class Rows(NamedTuple):
   ignore_eos: jax.Array  # bool: the model's end ids do not end the row
   min_tokens: jax.Array  # int32: end ids are suppressed (in the logits) before this many tokens
   stop_ids: jax.Array  # int32 [slots, S]: the request's own end ids (-1: none)
+  rewind_token: jax.Array  # int32: the token at index B-T-1 (see `feed_of`)
 
 
 def live(rows: Rows) -> jax.Array:
   """Rows that advance this step."""
   thinking = (rows.phase == THINK) | (rows.phase == WAIT)
   return ~rows.done & ~(thinking & (rows.n == rows.pause_at))
+
+
+def _trigger_len(rows: Rows, m: Markers) -> jax.Array:
+  return jnp.where(rows.s1, len(m.s1_ids), len(m.z1_ids))
+
+
+def feed_of(rows: Rows, m: Markers) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """What each row feeds the model this step: (token, position, whether its key/value is
+  written). Normally the last placed token at `feed`. A replace row about to hit its budget
+  rewinds to B-T, so its step computes the distribution of token B-T instead of B: it feeds
+  token B-T-1 again (`rewind_token`) at its position, keys after it invisible and nothing
+  written (that key is in the cache already), so the trigger's first token gets its exact
+  log-probability at no extra step."""
+  thinking = (rows.phase == THINK) | (rows.phase == WAIT)
+  t_len = _trigger_len(rows, m)
+  refeed = thinking & (rows.n == rows.window) & rows.replace & (t_len > 0)
+  token = jnp.where(refeed, rows.rewind_token, rows.last)
+  position = jnp.where(refeed, rows.start + rows.window - t_len - 1, rows.feed)
+  return token, position, ~refeed
 
 
 def advance(rows: Rows, sampled: jax.Array, go: jax.Array, m: Markers) -> tuple[Rows, jax.Array]:
@@ -90,7 +110,7 @@ def advance(rows: Rows, sampled: jax.Array, go: jax.Array, m: Markers) -> tuple[
   i = rows.n
   is_eos = jnp.any(sampled[:, None] == jnp.asarray(m.eos_ids or (-1,), jnp.int32), axis=1)
   is_end = (is_eos & ~rows.ignore_eos) | jnp.any(sampled[:, None] == rows.stop_ids, axis=1)
-  t_len = jnp.where(rows.s1, len(m.s1_ids), len(m.z1_ids))
+  t_len = _trigger_len(rows, m)
   has_marker = t_len > 0
   thinking = (rows.phase == THINK) | (rows.phase == WAIT)
   budget_hit = go & thinking & (i == rows.window) & has_marker
@@ -123,7 +143,8 @@ def advance(rows: Rows, sampled: jax.Array, go: jax.Array, m: Markers) -> tuple[
       last=pick(token, rows.last), feed=pick(rows.start + at, rows.feed), n=pick(at + 1, rows.n),
       phase=pick(phase, rows.phase), forced_at=pick(forced_at, rows.forced_at),
       marker_at=pick(marker_at, rows.marker_at), hit=rows.hit | budget_hit,
-      ended=rows.ended | ended_now, done=rows.done | ended_now | answer_full | length_full)
+      ended=rows.ended | ended_now, done=rows.done | ended_now | answer_full | length_full,
+      rewind_token=jnp.where(go & (at == rows.window - t_len - 1), token, rows.rewind_token))
   return rows, jnp.where(go, at, -1)
 
 

@@ -305,7 +305,7 @@ class Engine:
         s1=req.mode == "s1", seed=req.seed, row_id=req.row_id,
         temperature=sampling.temperature, top_k=sampling.top_k or 0,
         top_p=1.0 if sampling.top_p is None else sampling.top_p, ignore_eos=bool(req.ignore_eos),
-        min_tokens=req.min_tokens, stop_ids=stop_ids)
+        min_tokens=req.min_tokens, stop_ids=stop_ids, rewind_token=0)
 
   # -- stepping ---------------------------------------------------------------------------------
   def step(self) -> list[Event]:
@@ -532,12 +532,14 @@ class Engine:
         continue
       budget = seq.forks.pop(0)
       self._installs[slot] = dict(st, pause_at=seq.forks[0] if seq.forks else window.NEVER)
+      t = len(self.trigger_ids(seq.req.mode))
+      rewind = seq.tokens[budget - t - 1] if st["replace"] and budget > t else 0
       branch = Seq(dataclasses.replace(seq.req, thinking_budget=budget), seq.sampling,
                    (seq.key[0], budget), seq.order, tokens=list(seq.tokens),
-                   streamed=seq.streamed, state=dict(st, window=budget, pause_at=window.NEVER))
+                   streamed=seq.streamed,
+                   state=dict(st, window=budget, pause_at=window.NEVER, rewind_token=rewind))
       if seq.logprobs is not None:
         branch.logprobs, branch.top_logprobs = list(seq.logprobs), list(seq.top_logprobs)
-      t = len(self.trigger_ids(seq.req.mode))
       p = int(st["start"]) + int(st["n"])
       first = p - max(t, 1) if st["replace"] else p - 1  # the branch's first write
       pool, ps = self._pools[seq.shard], self.page_size

@@ -46,7 +46,8 @@ def rows_init(n: int) -> window.Rows:
       done=np.ones((n,), bool), pause_at=z + window.NEVER, window=z + window.NEVER,
       replace=f, stop=z, answer=z + window.NEVER, min_thinking=z, s1=f, seed=z, row_id=z,
       temperature=np.zeros((n,), np.float32), top_k=z, top_p=np.ones((n,), np.float32),
-      ignore_eos=f, min_tokens=z, stop_ids=np.full((n, MAX_STOP_TOKEN_IDS), -1, np.int32))
+      ignore_eos=f, min_tokens=z, stop_ids=np.full((n, MAX_STOP_TOKEN_IDS), -1, np.int32),
+      rewind_token=z)
 
 
 def rows_shardings(rules):
@@ -116,10 +117,10 @@ def decode_chunk(graphdef, params, state: DecodeState, pages, exit_on_event, *,
     i, s, out, _ = carry
     rows = s.rows
     go = window.live(rows)
-    feed = rows.feed[:, None]
-    slots = _slots_of(pages, feed, page_size, go[:, None])
-    lengths = jnp.where(go, rows.feed + 1, 1)
-    logits, pools = model(rows.last[:, None], positions=feed,
+    token, position, write = window.feed_of(rows, markers)
+    slots = _slots_of(pages, position[:, None], page_size, (go & write)[:, None])
+    lengths = jnp.where(go, position + 1, 1)
+    logits, pools = model(token[:, None], positions=position[:, None],
                           cache=PagedKV(s.pools, pages, lengths, slots))
     logits = logits[:, 0]
     keys = None if kind == "greedy" else row_keys(rows.seed, rows.row_id, rows.n)
