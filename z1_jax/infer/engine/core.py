@@ -146,6 +146,10 @@ class Engine:
     self._cancel: set = set()
     self._installs: dict[int, dict] = {}
     self._compiled: dict = {}
+    self._in_flight = None  # a dispatched decode chunk not yet read (see `step`)
+    self._pending_events: list[Event] = []
+    self.decode_chunks = 0  # dispatches
+    self.decode_steps = 0  # device decode steps (loop iterations that placed a token)
     self._releases: list[int] = []
     self._arrivals = 0
     self._admissions = 0
@@ -189,6 +193,7 @@ class Engine:
     pools = self._pools
     looked = sum(p.lookup_tokens for p in pools)
     return {"slots": self.slots, "active": sum(s is not None for s in self._slot),
+            "decode_chunks": self.decode_chunks, "decode_steps": self.decode_steps,
             "queued": len(self._ready) + len(self._waiting),
             "max_seq_len": self.max_seq_len, "chunk_steps": self.chunk_steps,
             "page_size": self.page_size, "max_total_tokens": self.max_total_tokens,
@@ -310,16 +315,44 @@ class Engine:
   # -- stepping ---------------------------------------------------------------------------------
   def step(self) -> list[Event]:
     """One dispatch: cancels, sweep branches, admission, a prefill chunk, page growth (and
-    preemption), then up to `chunk_steps` decode steps; returns what happened."""
+    preemption), then up to `chunk_steps` decode steps; returns what happened.
+
+    Pipelining: while the engine only decodes (nothing queued, prefilling, forking or
+    cancelled), the next chunk is dispatched before the previous one is read (JAX dispatches
+    asynchronously), so the device does not wait for the host; rows then hold pages for two
+    chunks ahead, and events arrive one step later. Anything else to do first reads the
+    chunk in flight and steps as usual."""
     events = self._cancels()
-    self._fork_paused()
-    self._admit()
-    events += self._prefill()
-    self._grow()
-    self._flush()
-    if any(s is not None and s.decoding for s in self._slot):
-      events += self._decode()
+    if self._in_flight is not None and not self._steady():
+      events += self._read(self._in_flight)
+      self._in_flight = None
+    if self._in_flight is not None:
+      self._grow(chunks=2)
+    if self._in_flight is not None:  # (growing may have had to preempt: then it was read)
+      self._flush()
+      out = self._dispatch() if any(s is not None for s in self._slot) else None
+      events += self._read(self._in_flight)
+      self._in_flight = out
+    else:
+      self._fork_paused()
+      self._admit()
+      events += self._prefill()
+      steady = self._steady()
+      self._grow(chunks=2 if steady else 1)
+      self._flush()
+      if any(s is not None and s.decoding for s in self._slot):
+        out = self._dispatch()
+        if steady and self._steady():
+          self._in_flight = out
+        else:
+          events += self._read(out)
+    events, self._pending_events = self._pending_events + events, []
     return events
+
+  def _steady(self) -> bool:
+    """Only decoding to do: the next chunk may go before the last one is read."""
+    return not (self._ready or self._waiting or self._cancel or self._installs or self._releases
+                or any(s is not None and (s.forks or not s.decoding) for s in self._slot))
 
   def _shard_of(self, slot: int) -> int:
     return slot // (self.slots // self.shards)
@@ -329,9 +362,9 @@ class Engine:
     token is never fed)."""
     return int(state["start"]) + int(state["stop"]) - 1
 
-  def _reach(self, state: dict) -> int:
-    """Positions the row must hold pages for before its next decode chunk."""
-    return min(int(state["feed"]) + self.chunk_steps, self._limit(state))
+  def _reach(self, state: dict, chunks: int = 1) -> int:
+    """Positions the row must hold pages for before its next `chunks` decode chunks."""
+    return min(int(state["feed"]) + chunks * self.chunk_steps, self._limit(state))
 
   def _admit(self) -> None:
     free = [s for s in range(self.slots) if self._slot[s] is None]
@@ -467,9 +500,10 @@ class Engine:
   def _last_token(self, seq: Seq) -> int:
     return int(seq.req.prompt_ids[-1]) if not seq.tokens else int(seq.tokens[-1])
 
-  def _grow(self) -> None:
-    """Pages for every decoding row's next chunk, preempting the most recently admitted rows
-    of a shard whose pool runs dry."""
+  def _grow(self, chunks: int = 1) -> None:
+    """Pages for every decoding row's next `chunks` chunks (its row state as last read),
+    preempting the most recently admitted rows of a shard whose pool runs dry (which first
+    reads a chunk in flight: a preempted row's state must be current)."""
     ps = self.page_size
     for seq in sorted((s for s in self._slot if s is not None and s.decoding),
                       key=lambda s: s.admitted):
@@ -478,7 +512,7 @@ class Engine:
       state = self._installs.get(seq.slot) or self._row_values(seq.slot)
       if state["done"]:
         continue
-      extra = pages_for(self._reach(state), ps) - len(seq.pages)
+      extra = pages_for(self._reach(state, chunks), ps) - len(seq.pages)
       pool = self._pools[seq.shard]
       while extra > 0:
         got = pool.alloc(extra)
@@ -486,6 +520,10 @@ class Engine:
           seq.pages += got
           self._set_table(seq)
           break
+        if self._in_flight is not None:
+          self._pending_events += self._read(self._in_flight)
+          self._in_flight = None
+          return self._grow(1)
         victim = self._victim(seq.shard)
         self._preempt(victim)
         if victim is seq:
@@ -563,16 +601,23 @@ class Engine:
       self._flush()
       self._state = self._small_exe("copy")(self._state, src, dst)
 
-  def _decode(self) -> list[Event]:
+  def _dispatch(self):
+    """Dispatches one decode chunk over the decoding rows; returns its (unread) outputs."""
     live = [s for s in self._slot if s is not None and s.decoding]
     kind = variant(s.sampling for s in live)
     logprobs = any(s.req.logprobs is not None for s in live)
     exit_on_event = bool(self._ready or self._waiting or any(s.forks for s in live))
     self._state, out = self._decode_exe(kind, logprobs)(
         self.params, self._state, self._table, np.bool_(exit_on_event))
-    out, rows = _to_host((out, self._state.rows))
-    for f, v in rows._asdict().items():
+    self.decode_chunks += 1
+    return out
+
+  def _read(self, out) -> list[Event]:
+    """Reads a dispatched chunk: the rows' state, their tokens, the events."""
+    out = _to_host(out)
+    for f, v in out.pop("rows")._asdict().items():
       self._rows[f] = np.array(v)
+    self.decode_steps += int((out["index"] >= 0).any(axis=0).sum())
     events = []
     for slot, seq in enumerate(self._slot):
       if seq is None or not seq.decoding:

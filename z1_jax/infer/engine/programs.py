@@ -105,10 +105,10 @@ def _top(logprobs):
 def decode_chunk(graphdef, params, state: DecodeState, pages, exit_on_event, *,
                  markers: window.Markers, steps: int, kind: str, logprobs: bool,
                  shardings=None):
-  """Up to `steps` decode steps over the rows (see the module docstring). Returns the state,
-  the chunk's tokens and their indices `[slots, steps]` (index -1: no token), and with
-  `logprobs` each token's log-probability `[slots, steps]` and the top ids / log-probabilities
-  `[slots, steps, MAX_LOGPROBS]`."""
+  """Up to `steps` decode steps over the rows (see the module docstring). Returns the state and
+  `out`: the chunk's tokens and their indices `[slots, steps]` (index -1: no token), a copy of
+  the rows at the chunk's end, and with `logprobs` each token's log-probability
+  `[slots, steps]` and the top ids / log-probabilities `[slots, steps, MAX_LOGPROBS]`."""
   model = nnx.merge(graphdef, params)
   b = state.rows.n.shape[0]
   page_size = state.pools[0].shape[1]
@@ -149,7 +149,11 @@ def decode_chunk(graphdef, params, state: DecodeState, pages, exit_on_event, *,
                top_ids=jnp.zeros((b, steps, MAX_LOGPROBS), jnp.int32),
                top_logprobs=jnp.zeros((b, steps, MAX_LOGPROBS), jnp.float32))
   _, state, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out, jnp.bool_(False)))
-  return state._replace(rows=_keep(state.rows, shardings)), out
+  state = state._replace(rows=_keep(state.rows, shardings))
+  # the rows as this chunk left them, apart from the donated state: the host may read them
+  # after the next chunk was dispatched (`Engine.step`'s pipelining)
+  out["rows"] = jax.tree.map(jnp.copy, state.rows)
+  return state, out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "logprobs"), donate_argnames="state")
