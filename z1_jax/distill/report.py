@@ -175,7 +175,8 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
   ax.set(xlabel=f"response length ({report['token_column']})", ylabel="rows",
          title=f"{report['kept']} kept rows, teacher {report['teacher']}")
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:  # an empty set draws empty axes
+    ax.legend(fontsize=7)
   fig.tight_layout()
   path = Path(path)
   try:
