@@ -293,11 +293,14 @@ def test_report_counts_each_filter_and_the_lengths():
   ln = r["lengths"]  # kept: 10, 40, 100
   assert ln["mean"] == 50 and ln["median"] == 40 and (ln["min"], ln["max"]) == (10, 100)
   assert ln["short_share"] == pytest.approx(1 / 3) and ln["long_share"] == pytest.approx(1 / 3)
-  assert ln["histogram"] == {"edges": [8, 16, 32, 64, 128], "counts": [1, 0, 1, 1]}
+  # quarter-octave bins from the one holding 10 to the one holding 100
+  assert ln["histogram"]["edges"] == [10, 11, 13, 16, 19, 23, 27, 32, 38, 45, 54, 64, 76, 91, 108]
+  assert ln["histogram"]["counts"] == [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
   assert r["check"] == {"kind": "output", "checked": 4, "passed": 3, "unchecked": 0,
                         "errors": {"wrong_answer": 1}}
   assert r["throughput"]["rows_per_s"] == 1.5 and r["throughput"]["tokens_per_s"] == 159
   assert r["hit_length_cap"] == {"rows": 1, "kept": 0} and r["prompt_too_long"] == [3]
   md = markdown(r)
   assert "Mean (Z1's MTL): 50 tokens" in md and "| failed_split | 1 | 3 rows |" in md
+  assert "| 38-44 | 1 |" in md and "| 11-12 |" not in md  # non-empty bins only
   assert "| 7 | humaneval | HumanEval/0 | a b c |" in md and "skipped mbpp: offline" in md

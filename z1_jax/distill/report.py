@@ -8,7 +8,7 @@ reports exactly what an uninterrupted one would.
                "split"`) -> kept (the train split)
   lengths      of the kept rows, in the set's own token count (`token_num_<tokenizer>`): mean
                (Z1's MTL, mean trajectory length), median, min, max, a histogram over
-               power-of-two bins, and the shares of short (<= `output.short_tokens`) and long
+               quarter-octave bins, and the shares of short (<= `output.short_tokens`) and long
                (>= `output.long_tokens`) trajectories
   hit_length_cap  rows that reached the cap, and how many of them were kept
   check        rows checked, passed, failed by error kind, unchecked (no tests)
@@ -19,6 +19,7 @@ reports exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import math
@@ -31,18 +32,19 @@ from z1_jax.outputs import atomic_path, write_text_atomic
 
 
 def histogram(values: list[int]) -> dict:
-  """Counts over power-of-two bins [2^k, 2^(k+1)) spanning the values (0 in the first bin)."""
+  """Counts over quarter-octave bins (edges round(2^(k/4)), integers, each bin [lo, hi)) spanning
+  the values: a fixed relative resolution from tens of tokens to thousands (0 counts in the first
+  bin)."""
   if not values:
     return {"edges": [], "counts": []}
-  lo = 2 ** max(0, math.floor(math.log2(max(min(values), 1))))
-  hi = 2 ** (math.floor(math.log2(max(max(values), 1))) + 1)
-  edges = [lo]
-  while edges[-1] < hi:
-    edges.append(edges[-1] * 2)
-  counts, first = [0] * (len(edges) - 1), int(math.log2(lo))
+  lo = math.floor(4 * math.log2(max(min(values), 1)))
+  hi = math.floor(4 * math.log2(max(max(values), 1))) + 1
+  edges = sorted({round(2 ** (k / 4)) for k in range(lo, hi + 1)})
+  if edges[-1] <= max(values):
+    edges.append(max(values) + 1)
+  counts = [0] * (len(edges) - 1)
   for v in values:
-    k = math.floor(math.log2(max(v, 1))) - first
-    counts[min(max(k, 0), len(counts) - 1)] += 1
+    counts[min(max(bisect.bisect_right(edges, v) - 1, 0), len(counts) - 1)] += 1
   return {"edges": edges, "counts": counts}
 
 
@@ -124,12 +126,14 @@ def markdown(report: dict) -> str:
             + f". Rows that reached the length cap: {report['hit_length_cap']['rows']} "
             f"({report['hit_length_cap']['kept']} kept).", "",
             f"## Lengths ({report['token_column']}, kept rows)", "",
-            f"Mean (Z1's MTL): {mean} tokens; median {median}, min {low}, max {high}. Short (<= {ln['short_tokens']} tokens): {_share(ln['short_share'])}; "
-            f"long (>= {ln['long_tokens']}): {_share(ln['long_share'])}.", "",
+            f"Mean (Z1's MTL): {mean} tokens; median {median}, min {low}, max {high}. Short "
+            f"(<= {ln['short_tokens']} tokens): {_share(ln['short_share'])}; long "
+            f"(>= {ln['long_tokens']}): {_share(ln['long_share'])}.", "",
             "| tokens | kept rows |", "|---|---:|"]
   h = ln["histogram"]
   for lo, hi, c in zip(h["edges"], h["edges"][1:], h["counts"]):
-    lines.append(f"| {lo}-{hi - 1} | {c} |")
+    if c:  # report.json has every bin
+      lines.append(f"| {lo}-{hi - 1} | {c} |")
   c = report["check"]
   if c["kind"] != "none":
     errors = ", ".join(f"{k} {v}" for k, v in sorted(c["errors"].items())) or "none"
@@ -158,7 +162,7 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: str | os.PathLike) -> Path:
-  """Kept and removed rows by length (power-of-two bins, log2 axis), the MTL marked."""
+  """Kept and removed rows by length (quarter-octave bins, log2 axis), the MTL marked."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

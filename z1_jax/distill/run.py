@@ -175,16 +175,12 @@ class _Writer:
   """Process 0's side of each batch, in batch order on one thread while the engine decodes the
   next: filters, checks, shards, then the journal line."""
 
-  def __init__(self, out: Path, cfg: DistillConfig, journal: Journal, tokenizer, teacher: str,
-               column: str, bar):
-    self.out, self.cfg, self.journal, self.tokenizer = out, cfg, journal, tokenizer
-    self.teacher, self.column, self.bar = teacher, column, bar
+  def __init__(self, out: Path, cfg: DistillConfig, journal: Journal, checker, tokenizer,
+               teacher: str, column: str, bar):
+    self.out, self.cfg, self.journal, self.checker = out, cfg, journal, checker
+    self.tokenizer, self.teacher, self.column, self.bar = tokenizer, teacher, column, bar
     import datasets
     datasets.disable_progress_bars()  # one bar per shard written; the distill bar says enough
-    self.checker = None
-    if cfg.filters.check != "none":
-      from z1_jax.distill.checks import Checker
-      self.checker = Checker(cfg.filters)
     self.thread = cf.ThreadPoolExecutor(1, thread_name_prefix="z1-distill-write")
     self.futures: list[cf.Future] = []
     self.removed = {name: 0 for name in (*filters_lib.FATES, "prompt_too_long")}
@@ -309,7 +305,12 @@ def run_distill(cfg: DistillConfig, source: str, out: str, *, teacher: Teacher, 
   batches = math.ceil(len(problems) / B)
   state: dict = {}
 
-  def prepare():
+  def prepare():  # process 0, before the teacher loads: a refusal reaches every process
+    checker = None
+    if cfg.filters.check != "none":  # bubblewrap missing is known before anything is written
+      from z1_jax.distill.checks import Checker
+      checker = Checker(cfg.filters)
+    state["checker"] = checker
     root = prepare_out(out, identity(cfg, teacher, tokenizer, problems, source, dtype))
     journal = Journal(root / JOURNAL_FILE)
     decontam = _decontamination(root, cfg, problems)
@@ -317,21 +318,28 @@ def run_distill(cfg: DistillConfig, source: str, out: str, *, teacher: Teacher, 
     state.update(root=root, journal=journal, decontam=decontam)
     return {"done": sorted(journal.records), "excluded": excluded}, None
 
-  shared, _ = hosts.from_process_0("z1-distill/start", prepare, host_timeout_s)
+  try:
+    shared, _ = hosts.from_process_0("z1-distill/start", prepare, host_timeout_s)
+  except BaseException:
+    if state.get("checker") is not None:
+      state["checker"].close()
+    raise
   done, excluded = set(shared["done"]), set(shared["excluded"])
-  model = load_model()
-  positions = model.cfg.max_position_embeddings
   pending = [k for k in range(batches) if k not in done]
   todo = [p for k in pending for p in problems[k * B:(k + 1) * B] if p.index not in excluded]
   bar = tqdm(total=len(todo) * n, desc="distill", unit="row", disable=not progress or
              not writer_process)
   writer = None
   if writer_process:
-    writer = _Writer(state["root"], cfg, state["journal"], tokenizer, teacher.name, column, bar)
-  print(f"z1 distill: {len(problems)} problems in {batches} batches, {len(done)} done, "
-        f"{len(excluded)} decontaminated; decoding {len(todo) * n} rows with {teacher.name}",
-        file=sys.stderr, flush=True)
+    writer = _Writer(state["root"], cfg, state["journal"], state["checker"], tokenizer,
+                     teacher.name, column, bar)
   try:
+    model = load_model()
+    positions = model.cfg.max_position_embeddings
+    if writer_process:
+      print(f"z1 distill: {len(problems)} problems in {batches} batches, {len(done)} done, "
+            f"{len(excluded)} decontaminated; decoding {len(todo) * n} rows with "
+            f"{teacher.name}", file=sys.stderr, flush=True)
     for k in pending:
       if writer is not None:
         writer.raise_if_failed()
