@@ -25,9 +25,10 @@ Output directory (`--out`, a local path):
   manifest.json           written last: every shard of each split with its rows, the columns
 
 Resuming: a rerun of the same command skips every batch in the journal; a batch that was
-decoding when the run died (SIGKILL included) is decoded again from its start, its shards
-replaced whole (each is written beside its name and renamed), so nothing is half-written, no
-journaled row is decoded twice, and the set equals an uninterrupted run's.
+decoding or not yet journaled when the run died (SIGKILL included: the one decoding and at most
+`BACKLOG` decoded ones whose checks and shards were under way) is decoded again from its start,
+its shards replaced whole (each is written beside its name and renamed), so nothing is
+half-written, no journaled row is decoded twice, and the set equals an uninterrupted run's.
 
 Many hosts: every process runs the same command. The whole mesh decodes each batch: the
 teacher is laid out on the serving mesh (`--mesh`, rows over `data` across the hosts, heads over
@@ -65,6 +66,7 @@ from z1_jax.outputs import atomic_path, write_text_atomic
 
 CONFIG_FILE, DECONTAM_FILE, JOURNAL_FILE = "distill.json", "decontamination.json", "journal.jsonl"
 MANIFEST_FILE = "manifest.json"
+BACKLOG = 2  # decoded batches waiting for (or in) the writer before the decoding waits
 SPLIT_DIRS = {"train": "data", "failed": "failed"}
 FORMAT = 1
 QWEN_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
@@ -187,7 +189,12 @@ class _Writer:
     self.decode_s = self.generated = 0
 
   def submit(self, batch: int, units, gens, too_long: list[Problem], decode_s: float) -> None:
+    """Queues a decoded batch; waits while `BACKLOG` batches are still being written (decoded
+    rows are held in memory and lost to a kill until their journal line is written)."""
     self.raise_if_failed()
+    while sum(not f.done() for f in self.futures) >= BACKLOG:
+      cf.wait([f for f in self.futures if not f.done()], return_when=cf.FIRST_COMPLETED)
+      self.raise_if_failed()
     self.futures.append(self.thread.submit(self._finish, batch, units, gens, too_long,
                                            decode_s))
 
