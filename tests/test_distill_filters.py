@@ -221,16 +221,18 @@ def test_decode_table_passes_new_engine_options_through(monkeypatch):
 # -- problems --------------------------------------------------------------------------------------
 
 
-def test_problems_from_jsonl_and_parquet_with_a_template(tmp_path):
+def test_problems_from_jsonl_parquet_and_saved_datasets_with_a_template(tmp_path):
+  import datasets
   import pyarrow as pa
   import pyarrow.parquet as pq
   rows = [{"pid": "a", "text": "Add 1 and 2.", "lang": "python"},
           {"pid": "b", "text": "Sort [3, 1].", "lang": "python"}]
   (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+  datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
   cfg = config_lib.ProblemsSection(question_column="text", id_column="pid",
                                    template="In {lang}: {text}")
-  for name in ("p.jsonl", "p.parquet"):
+  for name in ("p.jsonl", "p.parquet", "saved"):
     ps = load_problems(str(tmp_path / name), cfg)
     assert [(p.index, p.id, p.question) for p in ps] == [(0, "a", "In python: Add 1 and 2."),
                                                          (1, "b", "In python: Sort [3, 1].")]
