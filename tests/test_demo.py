@@ -8,6 +8,7 @@ import json
 import pytest
 
 from z1_jax.cli import main
+from z1_jax.eval.report import all_metrics
 
 BUDGETS = [16, 24, 40, 80]
 EVAL = 12  # 2 programs for each statement count 1..6
@@ -37,7 +38,9 @@ def test_demo_writes_every_artifact(demo_run):
   summary = json.loads((demo_dir / "summary.json").read_text())
   assert set(summary["models"]) == {"z1", "long"}
   for name, model in summary["models"].items():  # the `z1 sweep` schema for each model
-    assert set(model) == {"benchmarks", "model", "config"} and model["config"]["recipe"] == name
+    assert set(model) == {"benchmarks", "metrics", "model", "config"}
+    assert model["config"]["recipe"] == name
+    assert model["metrics"] == all_metrics(model["benchmarks"])  # the sweep's metrics
     entries = model["benchmarks"]["chain"]
     assert [e["budget"] for e in entries] == BUDGETS
     for e in entries:
@@ -47,6 +50,9 @@ def test_demo_writes_every_artifact(demo_run):
   md = (demo_dir / "summary.md").read_text()
   assert summary["headline"] in md and summary["headline"] in stdout
   assert "## z1:" in md and "## long:" in md and "| 80 |" in md and "Chance level" in md
+  assert md.count("## Test-time scaling") == 2
+  eq = summary["equal_cost"]  # both models over the token range both curves span
+  assert eq["token_range"] is None or set(eq["auc"]) == {"z1", "long"}
   for png in ("sweep.png", "thinking_by_steps.png"):
     assert (demo_dir / png).read_bytes()[:8] == PNG
   samples = _samples(demo_dir)

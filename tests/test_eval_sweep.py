@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from z1_jax.cli import main
-from z1_jax.eval.report import figure_size_px, summarize
+from z1_jax.eval.report import all_metrics, figure_size_px, summarize
 from z1_jax.eval.sweep import OUTPUT_FILES
 
 BUDGETS, ANSWER, BATCH = [16, 24, 40], 8, 8
@@ -87,10 +87,16 @@ def test_sweep_writes_every_artifact_and_summary_matches_samples(swept):
   for entries in summary["benchmarks"].values():
     assert [e["budget"] for e in entries] == BUDGETS
     assert set(entries[0]) == {"budget", "accuracy", "ci_low", "ci_high",
-                               "mean_thinking_tokens", "hit_budget_rate", "unanswered", "n"}
+                               "mean_thinking_tokens", "max_thinking_tokens",
+                               "hit_budget_rate", "unanswered", "n"}
   assert summary["config"]["budgets"] == BUDGETS and summary["model"].startswith("hf:")
+  # the test-time-scaling metrics, per benchmark and averaged, from the same entries
+  assert summary["metrics"] == all_metrics(summary["benchmarks"])
+  assert set(summary["metrics"]["benchmarks"]) == {"humaneval", "aime2024"}
+  assert summary["metrics"]["average"]["control"] == 1.0  # the window holds every budget
   md = (swept / "summary.md").read_text()
   assert "## humaneval" in md and "## aime2024" in md and "## Average" in md
+  assert "## Test-time scaling" in md and "| average | 100.0% |" in md
   head = (swept / "sweep.png").read_bytes()[:24]
   assert head[:8] == b"\x89PNG\r\n\x1a\n"
   assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (

@@ -11,7 +11,8 @@ from z1_jax.cli_args import Z1Parser
 # (module, in the order `z1 --help` lists them); each has `add_parser(subparsers)`.
 COMMAND_MODULES = ("z1_jax.demo.command", "z1_jax.checkpoint.command", "z1_jax.data.command",
                    "z1_jax.infer.command", "z1_jax.train.command", "z1_jax.eval.command",
-                   "z1_jax.launch.command", "z1_jax.serve.command", "z1_jax.bench.command")
+                   "z1_jax.launch.command", "z1_jax.serve.command", "z1_jax.bench.command",
+                   "z1_jax.distill.command")
 
 
 def build_parser() -> Z1Parser:

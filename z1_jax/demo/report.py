@@ -9,6 +9,11 @@ The claim (Z1's headline, in miniature): the long model's best accuracy is its h
 over the budgets (at the smallest budget that reaches it); `z1_budget` is the smallest budget at
 which `z1` comes within `CLAIM_MARGIN` of it, and `token_ratio` is z1's mean thinking tokens
 there over the long model's at its best budget.
+
+Each model's summary carries the test-time-scaling metrics of `z1 sweep` (`eval.report.metrics`:
+s1's Control / Scaling / Performance, the normalised area under accuracy against thinking
+tokens, Z1's ATT). `equal_cost` compares the two models at equal cost: each one's normalised
+area over the token range both curves span (`eval.report.shared_range`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from z1_jax.eval.report import markdown, summarize
+from z1_jax.eval.report import auc, build_summary, markdown, shared_range, summarize
 from z1_jax.outputs import atomic_path, write_text_atomic
 
 CLAIM_MARGIN = 0.02  # accuracy, absolute: "within 2 points"
@@ -79,15 +84,25 @@ def thinking_by_steps(rows: Iterable[dict], budget_of: dict[str, int]) -> dict[s
   return {m: {s: sum(v) / len(v) for s, v in sorted(by.items())} for m, by in sums.items()}
 
 
+def equal_cost(models: dict[str, dict]) -> dict:
+  """{"token_range": [lo, hi] both curves span (None when they do not meet), "auc": {model:
+  normalised area over that range}}."""
+  curves = {m: next(iter(models[m]["benchmarks"].values())) for m in MODELS}
+  span = shared_range(*curves.values())
+  return {"token_range": list(span) if span else None,
+          "auc": {m: auc(c, *span) if span else None for m, c in curves.items()}}
+
+
 def build(rows: list[dict], model_names: dict[str, str], config: dict) -> dict:
-  """summary.json: {"models": {name: the `z1 sweep` summary}, "claim", "thinking_by_steps",
-  "config"}."""
+  """summary.json: {"models": {name: the `z1 sweep` summary}, "claim", "headline",
+  "equal_cost", "thinking_by_steps", "config"}."""
   models = by_model(rows)
   c = claim(rows)
   largest = max(int(r["budget"]) for r in rows)
-  return {"models": {m: {"benchmarks": summarize(models[m]), "model": model_names.get(m, m),
-                         "config": config.get(m, {})} for m in MODELS},
-          "claim": c, "headline": headline(c),
+  summaries = {m: build_summary(models[m], model_names.get(m, m), config.get(m, {}))
+               for m in MODELS}
+  return {"models": summaries, "claim": c, "headline": headline(c),
+          "equal_cost": equal_cost(summaries),
           "thinking_by_steps": {"budget": largest,
                                 "models": thinking_by_steps(rows, {m: largest for m in MODELS})},
           "config": config.get("shared", {})}
@@ -97,6 +112,12 @@ def to_markdown(summary: dict, chance: float) -> str:
   parts = ["# z1 demo: z1 against the long-reasoning baseline", "", summary["headline"], ""]
   for m in MODELS:
     parts.append(markdown(summary["models"][m]).replace("# Budget sweep:", f"## {m}:", 1))
+  eq = summary["equal_cost"]
+  if eq["token_range"] is not None:
+    lo, hi = eq["token_range"]
+    parts += [f"At equal cost (the normalised area under accuracy against mean thinking tokens "
+              f"over {lo:.1f}-{hi:.1f} tokens, the range both curves span): " + ", ".join(
+                  f"{m} {100 * eq['auc'][m]:.1f}%" for m in MODELS) + ".", ""]
   t = summary["thinking_by_steps"]
   steps = sorted({int(s) for by in t["models"].values() for s in by})
   parts += [f"## Mean thinking tokens by statement count (budget {t['budget']})", "",
