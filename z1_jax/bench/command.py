@@ -26,8 +26,14 @@ def run(args) -> int:
                          args.repeats)
   elif args.what == "decode":
     from z1_jax.bench.decode import bench_decode
-    rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats,
-                        args.budgets, args.answer_tokens)
+    rows = bench_decode(args.preset, args.batch, args.prompt_len, args.gen_len, args.repeats)
+  elif args.what == "paged":
+    from z1_jax.bench.paged import bench_capacity, bench_lengths
+    rows = []
+    if args.case in ("lengths", "all"):
+      rows += bench_lengths(args.preset, repeats=args.repeats)
+    if args.case in ("capacity", "all"):
+      rows += bench_capacity(args.preset)
   elif args.what == "sweep":
     from z1_jax.bench.sweep import bench_sweep
     rows = bench_sweep(args.problems, tuple(args.budgets), args.answer_tokens, args.batch_size,
@@ -77,29 +83,25 @@ def add_parser(sub) -> None:
   dec.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens")
   dec.add_argument("--gen-len", type=positive_int, default=64, help="generated tokens")
   dec.add_argument("--repeats", type=positive_int, default=3, help="timed rounds")
-  dec.add_argument("--budgets", type=int_list, default=None,
-                   help="also time a sweep over these budgets, e.g. 64,128,256,512,1024 "
-                        "(default: no sweep)")
-  dec.add_argument("--answer-tokens", type=positive_int, default=32,
-                   help="answer allowance of the sweep")
   dec.add_argument("--mix", type=int_list, default=None,
-                   help="LO,HI: instead, the engine's useful tokens/s on --requests requests "
-                        "of log-uniform lengths LO..HI through --batch slots, against the same "
-                        "requests all at HI (no HF run; e.g. --preset tiny --batch 8 --mix "
-                        "12,768 --prompt-len 16; default: off)")
+                   help="LO,HI: instead, the engine's useful tokens/s and occupancy on "
+                        "--requests requests of log-uniform lengths LO..HI through --batch "
+                        "slots, against the same requests all at HI, at max_seq_len of the "
+                        "mix and 16384 (no HF run; e.g. --preset tiny --batch 8 --mix 12,768 "
+                        "--prompt-len 16; default: off)")
   dec.add_argument("--requests", type=positive_int, default=64,
                    help="requests of the --mix run")
   scr = bench_sub.add_parser("score", help="sandboxed HumanEval scoring vs plain subprocesses")
   scr.add_argument("--workers", type=positive_int, default=None,
                    help="parallel samples (default: the number of CPUs)")
-  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs one decode per "
-                             "budget and one decode at the largest budget (tiny model)")
+  bsw = bench_sub.add_parser("sweep", help="z1 sweep: decode vs scoring time, vs separate runs "
+                             "(one decode per budget) at the same slots (tiny model)")
   bsw.add_argument("--problems", type=positive_int, default=64, help="HumanEval problems")
-  bsw.add_argument("--budgets", type=int_list, default=[32, 64, 128, 256],
+  bsw.add_argument("--budgets", type=int_list, default=[32, 64, 128, 256, 512],
                    help="thinking budgets")
-  bsw.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
-  bsw.add_argument("--batch-size", type=positive_int, default=16,
-                   help="problems per decode batch")
+  bsw.add_argument("--answer-tokens", type=positive_int, default=64, help="answer allowance")
+  bsw.add_argument("--batch-size", type=positive_int, default=64,
+                   help="problems per decode batch (engine slots)")
   bsw.add_argument("--workers", type=positive_int, default=None,
                    help="scoring workers (default: CPUs)")
   bsv = bench_sub.add_parser("serve", help="z1 serve over HTTP vs the offline engine: "
@@ -111,6 +113,13 @@ def add_parser(sub) -> None:
                    help="thinking budgets, cycled over the requests")
   bsv.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
   bsv.add_argument("--max-seq-len", type=positive_int, default=256, help="cache positions")
-  for c in (fwd, btr, dat, dec, scr, bsw, bsv):
+  pgd = bench_sub.add_parser("paged", help="the paged KV cache: the same short requests at "
+                             "max_seq_len 512 and 16384; 128 rows from a 32,768-token pool")
+  pgd.add_argument("--case", choices=("lengths", "capacity", "all"), default="all",
+                   help="which measurement")
+  pgd.add_argument("--preset", type=choice_of(_presets, "preset"), default="tiny",
+                   help="model size (random weights)")
+  pgd.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (lengths)")
+  for c in (fwd, btr, dat, dec, scr, bsw, bsv, pgd):
     c.add_argument("--json", action="store_true", help="JSON lines output")
     c.set_defaults(fn=run)

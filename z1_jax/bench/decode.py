@@ -4,8 +4,8 @@ transformers PyTorch `generate` (greedy) on the same random weights, fp32, on th
 Decoding one token reads every weight once, so batch-1 speed is bound by memory bandwidth:
 the bound is (bytes read per token) / (read bandwidth measured here, in the same run). The
 decode rate excludes prefill and compile: it is the slope between a run of `gen_len` tokens
-and a run of one token. With `--budgets`, a budget sweep is timed against one run at the
-largest budget and against the separate per-budget runs.
+and a run of one token. The budget sweep's benchmark is `z1 bench sweep`; `--mix` measures
+padding waste and the engine's occupancy on a Z1-like length mix (`bench_padding`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from z1_jax.bench.common import median_time
 from z1_jax.checkpoint.hf import load_hf
-from z1_jax.infer.generate import generate, sweep
+from z1_jax.infer.generate import generate
 from z1_jax.model.config import get_preset, to_hf_config
 
 
@@ -51,8 +51,7 @@ def _timed(fn):
 
 
 def bench_decode(preset: str = "qwen2.5-0.5b", batch: int = 1, prompt_len: int = 128,
-                 gen_len: int = 64, repeats: int = 3, budgets: list[int] | None = None,
-                 answer_tokens: int = 32, seed: int = 0) -> list[dict]:
+                 gen_len: int = 64, repeats: int = 3, seed: int = 0) -> list[dict]:
   import torch
   import transformers
   cfg = get_preset(preset)
@@ -101,66 +100,54 @@ def bench_decode(preset: str = "qwen2.5-0.5b", batch: int = 1, prompt_len: int =
        "weight_gb_per_step": per_token / 1e9, "bound_steps_per_s": bound,
        "z1_fraction_of_bound": (1 / decode_step_s) / bound},
   ]
-  if budgets:
-    rows.append(_bench_sweep(model, ids, sorted(budgets), answer_tokens, common, repeats))
   return rows
-
-
-def _bench_sweep(model, ids, budgets, answer_tokens, common, repeats) -> dict:
-  """Sweep vs one run at the largest budget (medians of alternating rounds) vs the separate
-  runs (once), all on an engine of the same slots. Random weights never end by themselves:
-  every row takes every branch, the sweep's worst case."""
-  trigger = list(range(1, 13))  # 12 ids, as long as the Z1 trigger
-  # the same slots for every run: the sweep's (a slot beside the trunks for the branches)
-  kw = dict(answer_tokens=answer_tokens, trigger_ids=trigger, eos_ids=[],
-            batch_size=len(ids) + 1)
-  run_sweep = lambda: sweep(model, ids, budgets, **kw)
-  run_one = lambda b: generate(model, ids, thinking_budget=b, **kw)
-  run_sweep(), run_one(budgets[-1])  # compile
-  [run_one(b) for b in budgets[:-1]]
-  rounds = [(_timed(run_sweep), _timed(lambda: run_one(budgets[-1]))) for _ in range(repeats)]
-  sweep_s, largest_s = (statistics.median(x) for x in zip(*rounds))
-  separate = [_timed(lambda b=b: run_one(b)) for b in budgets]
-  return {"impl": "z1-jax sweep", **common, "budgets": ",".join(map(str, budgets)),
-          "answer_tokens": answer_tokens, "sweep_s": sweep_s, "largest_budget_s": largest_s,
-          "separate_runs_s": sum(separate), "sweep_over_largest": sweep_s / largest_s,
-          "separate_over_sweep": sum(separate) / sweep_s}
 
 
 def bench_padding(preset: str = "tiny", slots: int = 8, requests: int = 64, lo: int = 12,
                   hi: int = 768, prompt_len: int = 16, repeats: int = 3, seed: int = 0) -> list:
   """No padding waste: `requests` requests whose lengths spread log-uniformly over [lo, hi]
-  (like Z1's traces) through `slots` engine slots, against the same requests all at `hi`.
-  Useful tokens/s counts only tokens a request asked for; a static batch would run every row
-  to its batch's longest. Random weights never end early, so lengths are exact."""
-  from z1_jax.infer.engine import Engine, Request
-  from z1_jax.infer.generate import bucket
+  (like Z1's traces) through `slots` engine slots, against the same requests all at `hi`;
+  at `max_seq_len` the mix's bucket and 16,384 (a step's cost must not follow the longest
+  admissible request). Useful tokens/s counts only tokens a request asked for; a static batch
+  would run every row to its batch's longest. Occupancy: generated tokens / (slots x decode
+  steps), the share of slot-steps that made a requested token (target >= 0.9). Random weights
+  never end early, so lengths are exact."""
+  from z1_jax.infer.engine import Engine, Request, bucket
   from z1_jax.model.qwen2 import create_model
   cfg = get_preset(preset)
   model = create_model(cfg, seed=seed)
   rng = np.random.RandomState(seed)
   prompts = rng.randint(0, cfg.vocab_size, (requests, prompt_len)).tolist()
   lengths = np.exp(rng.uniform(np.log(lo), np.log(hi), requests)).round().astype(int).tolist()
-  engine = Engine(model, slots=slots, max_seq_len=bucket(prompt_len + hi), eos_ids=[])
-  engine.warmup()
-
-  def run(lens):
-    reqs = [Request(i, p, max_new_tokens=n, row_id=i) for i, (p, n) in
-            enumerate(zip(prompts, lens))]
-    start = time.perf_counter()
-    out = engine.run(reqs)
-    seconds = time.perf_counter() - start
-    assert [len(g.tokens) for g in out] == list(lens)
-    return seconds
-
-  rounds = [(run(lengths), run([hi] * requests)) for _ in range(repeats)]  # alternating
-  mixed_s, full_s = (statistics.median(x) for x in zip(*rounds))
-  mixed, full = sum(lengths) / mixed_s, requests * hi / full_s
   # a static batch of `slots` rows in arrival order runs each batch to its longest row
   static_steps = sum(max(lengths[i:i + slots]) for i in range(0, requests, slots))
-  return [{"impl": "z1-jax engine", "preset": preset, "slots": slots, "requests": requests,
-           "lengths": f"log-uniform {lo}..{hi}", "useful_tokens": sum(lengths),
-           "mixed_s": mixed_s, "mixed_useful_tokens_per_s": mixed, "all_longest_s": full_s,
-           "all_longest_tokens_per_s": full, "mixed_over_all_longest": mixed / full,
-           "static_batch_useful_fraction": sum(lengths) / (static_steps * slots),
-           "backend": jax.default_backend(), "rounds": repeats}]
+  out = []
+  for max_seq_len in (bucket(prompt_len + hi), 16384):
+    engine = Engine(model, slots=slots, max_seq_len=max_seq_len, eos_ids=[],
+                    max_total_tokens=max(slots * bucket(prompt_len + hi), 16384))
+    engine.warmup()
+
+    def run(lens):
+      reqs = [Request(i, p, max_new_tokens=n, row_id=i) for i, (p, n) in
+              enumerate(zip(prompts, lens))]
+      steps = engine.stats()["decode_steps"]
+      start = time.perf_counter()
+      gens = engine.run(reqs)
+      seconds = time.perf_counter() - start
+      assert [len(g.tokens) for g in gens] == list(lens)
+      return seconds, engine.stats()["decode_steps"] - steps
+
+    rounds = [(run(lengths), run([hi] * requests)) for _ in range(repeats)]  # alternating
+    mixed_s, full_s = (statistics.median(r[i][0] for r in rounds) for i in (0, 1))
+    mixed, full = sum(lengths) / mixed_s, requests * hi / full_s
+    steps = rounds[0][0][1]
+    out.append({"impl": "z1-jax engine", "preset": preset, "slots": slots,
+                "requests": requests, "lengths": f"log-uniform {lo}..{hi}",
+                "max_seq_len": max_seq_len, "useful_tokens": sum(lengths),
+                "mixed_s": mixed_s, "mixed_useful_tokens_per_s": mixed, "all_longest_s": full_s,
+                "all_longest_tokens_per_s": full, "mixed_over_all_longest": mixed / full,
+                "decode_steps": steps, "occupancy": sum(lengths) / (slots * steps),
+                "occupancy_target": 0.9,
+                "static_batch_useful_fraction": sum(lengths) / (static_steps * slots),
+                "backend": jax.default_backend(), "rounds": repeats})
+  return out
