@@ -300,10 +300,17 @@ def check_request(req: Request, cfg, markers: window.Markers, max_seq_len: int) 
   try:
     return _check(req, cfg, markers, max_seq_len)
   except Z1Error as e:
-    raise Z1Error(f"request {req.id!r}: {e}") from None
+    raise Z1Error(f"request {_short(req.id)}: {e}") from None
+
+
+INT32_MAX = 2**31 - 1  # the device stores every integer control as int32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # and temperature / top_p as float32
 
 
 def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Sampling:
+  """Every field checked against what the engine does with it, before it reaches the device:
+  integers against int32 (the rows' width), lengths against the model's positions and the
+  cache, numbers against float32."""
   if isinstance(req.prompt_ids, (str, bytes)):
     raise Z1Error("prompt_ids is text: give token ids (tokenize it first)")
   prompt = list(req.prompt_ids)
@@ -311,16 +318,20 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Samp
     raise Z1Error("prompt_ids: expected a list of integer token ids")
   if not prompt:
     raise Z1Error("prompt_ids is empty: a prompt needs at least one token")
-  _ids("prompt_ids", prompt, cfg.vocab_size)
-  if len(prompt) > cfg.max_position_embeddings:
+  bad = next((i for i in prompt if not 0 <= i < cfg.vocab_size), None)
+  if bad is not None:
+    raise Z1Error(f"prompt_ids: id {_short(bad)} is outside the model's vocabulary "
+                  f"[0, {cfg.vocab_size})")
+  positions = cfg.max_position_embeddings
+  if len(prompt) > positions:
     raise Z1Error(f"prompt_ids: {len(prompt)} tokens are longer than the model's maximum of "
-                  f"{cfg.max_position_embeddings} positions")
+                  f"{positions} positions")
   if req.mode not in budget_lib.MODES:
     raise Z1Error(f"mode={req.mode!r}: expected one of {budget_lib.MODES}")
   for field in ("thinking_budget", "answer_tokens", "max_new_tokens"):
     value = getattr(req, field)
     if value is not None and (not _is_int(value) or value < 1):
-      raise Z1Error(f"{field}={value}: expected an integer >= 1")
+      raise Z1Error(f"{field}={_short(value)}: expected an integer >= 1")
   if req.thinking_budget is None:
     if req.mode == "s1":
       raise Z1Error("mode='s1' needs a thinking_budget")
@@ -342,30 +353,48 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Samp
     plan = budget_lib.Budget(int(req.thinking_budget), int(req.answer_tokens), marker,
                              placement_of(req))  # the trigger-length check
     stop = plan.stop
+  # the model's context first (it names the real limit; it also keeps every length, and the
+  # sums of them the device computes, far inside int32)
+  if len(prompt) + stop > positions:
+    raise Z1Error(f"{len(prompt)} prompt tokens + up to {_short(stop)} generated exceed the "
+                  f"model's {positions} positions (max_position_embeddings)")
+  if len(prompt) + stop > max_seq_len:
+    raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit the "
+                  f"cache of {max_seq_len} positions (max_seq_len)")
+  if not _is_int(req.min_thinking) or not 0 <= req.min_thinking <= INT32_MAX:
+    raise Z1Error(f"min_thinking={_short(req.min_thinking)}: expected an integer in [0, 2**31)")
   if req.mode == "s1":
     if req.min_thinking and not markers.wait_ids:
       raise Z1Error("min_thinking needs wait ids (wait_ids, --wait-ids): this vocabulary has "
                     "no default \"Wait\"")
   elif req.min_thinking:
     raise Z1Error("min_thinking applies to mode='s1' only")
-  if not _is_int(req.min_thinking) or req.min_thinking < 0:
-    raise Z1Error(f"min_thinking={req.min_thinking}: expected an integer >= 0")
-  if len(prompt) + stop > max_seq_len:
-    raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit the "
-                  f"cache of {max_seq_len} positions (max_seq_len)")
   for field in ("seed", "row_id"):
     value = getattr(req, field)
-    if not _is_int(value) or not 0 <= value < 2**31:
-      raise Z1Error(f"{field}={value}: expected an integer in [0, 2**31)")
+    if not _is_int(value) or not 0 <= value <= INT32_MAX:
+      raise Z1Error(f"{field}={_short(value)}: expected an integer in [0, 2**31)")
   temperature = req.temperature
-  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-    raise Z1Error(f"temperature={temperature!r}: expected a number")
-  if req.top_k is not None and not _is_int(req.top_k):
-    raise Z1Error(f"top_k={req.top_k!r}: expected an integer >= 1")
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)):
+    raise Z1Error(f"temperature={_short(temperature)}: expected a number")
+  if not -FLOAT32_MAX <= temperature <= FLOAT32_MAX:  # also nan; ints too large for a float
+    raise Z1Error(f"temperature={_short(temperature)}: expected a finite number >= 0 that "
+                  "float32 can hold")
+  if req.top_k is not None and (not _is_int(req.top_k) or not 1 <= req.top_k <= INT32_MAX):
+    raise Z1Error(f"top_k={_short(req.top_k)}: expected an integer in [1, 2**31)")
   if req.top_p is not None and (isinstance(req.top_p, bool) or
-                                not isinstance(req.top_p, (int, float))):
-    raise Z1Error(f"top_p={req.top_p!r}: expected a number in (0, 1]")
-  return Sampling(float(temperature), req.top_k, req.top_p)
+                                not isinstance(req.top_p, (int, float, np.number)) or
+                                not 0 < req.top_p <= 1):
+    raise Z1Error(f"top_p={_short(req.top_p)}: expected a number in (0, 1]")
+  return Sampling(float(temperature), None if req.top_k is None else int(req.top_k),
+                  None if req.top_p is None else float(req.top_p))
+
+
+def _short(value) -> str:
+  """`repr(value)`, cut: an integer of thousands of digits is not repeated whole."""
+  if _is_int(value) and abs(value) >= 10**30:
+    return f"an integer of {abs(int(value)).bit_length()} bits"
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value) -> bool:
