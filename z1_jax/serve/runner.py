@@ -210,10 +210,10 @@ class Runner:
     message = f"the engine's step failed: {type(error).__name__}: {error}"
     self._log(f"z1 serve: {message}; failing the {len(self._sinks)} requests in the engine "
               "and starting it afresh\n" + traceback.format_exc())
-    for rid, sink in list(self._sinks.items()):
-      self._finish(rid, sink, Failed(message, 500))
     self.engine = None  # its cache is freed before the new one is made (HBM holds one)
     self.engine = self._make_engine()
+    for rid, sink in list(self._sinks.items()):  # once the server can take their retries
+      self._finish(rid, sink, Failed(message, 500))
 
   def _finish(self, rid, sink, item) -> None:
     self._sinks.pop(rid, None)
