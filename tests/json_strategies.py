@@ -38,19 +38,18 @@ def fields(data, valid: dict, hostile_share: int = 4) -> dict:
   """Some of `valid`'s fields, each with a valid value, or (one time in `hostile_share`) with
   any JSON value at all."""
   names = data.draw(st.lists(st.sampled_from(sorted(valid)), unique=True, max_size=4))
-  return {n: data.draw(ANY if data.draw(st.integers(0, hostile_share - 1)) == 0 else valid[n])
-          for n in names}
+  kinds = st.sampled_from([True] + [False] * (hostile_share - 1))  # uniform, unlike integers
+  return {n: data.draw(ANY if data.draw(kinds) else valid[n]) for n in names}
 
 
 def request_body(data, served_model: str, vocab: int, chat: bool) -> dict:
   """A hostile request body: the model and the prompt valid most of the time."""
   body = fields(data, BODY)
-  if data.draw(st.integers(0, 5)):
-    body["model"] = served_model
-  elif data.draw(st.booleans()):
-    body["model"] = data.draw(ANY)
+  model = data.draw(st.sampled_from(["served"] * 8 + ["any", "absent"]))
+  if model != "absent":
+    body["model"] = served_model if model == "served" else data.draw(ANY)
   key = "messages" if chat else "prompt"
-  choice = data.draw(st.integers(0, 5))
+  choice = data.draw(st.sampled_from(range(6)))
   if choice == 0:
     body[key] = data.draw(ANY)
   elif choice and chat:
@@ -63,10 +62,10 @@ def request_body(data, served_model: str, vocab: int, chat: bool) -> dict:
   return body
 
 
-def request_row(data, vocab: int) -> dict:
-  """A hostile `--prompts` row."""
-  row = fields(data, ROW)
-  choice = data.draw(st.integers(0, 5))
+def request_row(data, vocab: int, hostile_share: int = 4) -> dict:
+  """A hostile `--prompts` row (one field value in `hostile_share` is any JSON value)."""
+  row = fields(data, ROW, hostile_share)
+  choice = data.draw(st.sampled_from([2] * hostile_share + [0, 1]))
   if choice == 0:
     row[data.draw(st.sampled_from(["prompt", "prompt_ids"]))] = data.draw(ANY)
   elif choice == 1:

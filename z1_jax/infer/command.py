@@ -197,6 +197,8 @@ def _requests(args, tokenizer):
     if "thinking_budget" in row:
       values.update(max_new_tokens=None)
     values.update({k: row[k] for k in flags if k in row})
+    if values["thinking_budget"] is None and "answer_tokens" not in row:
+      values["answer_tokens"] = None  # --answer-tokens is for the rows with a budget
     if values["thinking_budget"] is None and values["max_new_tokens"] is None:
       values["max_new_tokens"] = 256
     rid = row.get("id", i)

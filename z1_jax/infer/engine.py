@@ -392,7 +392,10 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int) -> Samp
 def _short(value) -> str:
   """`repr(value)`, cut: an integer of thousands of digits is not repeated whole."""
   if _is_int(value) and abs(value) >= 10**30:
-    return f"an integer of {abs(int(value)).bit_length()} bits"
+    try:
+      return f"an integer of {len(str(abs(int(value))))} digits"
+    except ValueError:  # str() refuses integers past 4300 digits
+      return "an integer of more than 4300 digits"
   text = repr(value)
   return text if len(text) <= 60 else text[:57] + "..."
 

@@ -148,8 +148,8 @@ def _is_number(v) -> bool:
 
 def _show(v) -> str:
   """A value for an error message, short (an integer of thousands of digits is not echoed)."""
-  if _is_int(v) and abs(v) >= 10**30:
-    return f"an integer of {abs(v).bit_length()} bits"
+  if _is_int(v) and abs(v) >= 10**30:  # (JSON brings at most 4300 digits: str() takes them)
+    return f"an integer of {len(str(abs(v)))} digits"
   text = json.dumps(v, ensure_ascii=True) if isinstance(v, (str, list, dict)) else repr(v)
   return text if len(text) <= 60 else text[:57] + "..."
 
