@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import queue
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -188,10 +190,14 @@ class Runner:
       if stopping and not engine.has_work():
         break
       if engine.has_work():
+        failure = None
         try:
           events = engine.step()
         except Exception as e:  # noqa: BLE001 - a bug: fail what was decoding, keep serving
-          self._restart(e)
+          failure = f"{type(e).__name__}: {e}", traceback.format_exc()
+        if failure is not None:
+          del engine  # (and the traceback, with the frames that held it, is gone)
+          self._restart(*failure)
           continue
         for ev in events:
           sink = self._sinks.get(ev.id)
@@ -204,13 +210,13 @@ class Runner:
       s = engine.stats()
       self._stats = {"slots": s["slots"], "active": s["active"], "queued": s["queued"]}
 
-  def _restart(self, error: Exception) -> None:
+  def _restart(self, error: str, trace: str) -> None:
     """After a step that raised: the requests in the engine fail, a fresh engine takes over."""
-    import traceback
-    message = f"the engine's step failed: {type(error).__name__}: {error}"
+    message = f"the engine's step failed: {error}"
     self._log(f"z1 serve: {message}; failing the {len(self._sinks)} requests in the engine "
-              "and starting it afresh\n" + traceback.format_exc())
+              "and starting it afresh\n" + trace)
     self.engine = None  # its cache is freed before the new one is made (HBM holds one)
+    gc.collect()
     self.engine = self._make_engine()
     for rid, sink in list(self._sinks.items()):  # once the server can take their retries
       self._finish(rid, sink, Failed(message, 500))
