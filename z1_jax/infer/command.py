@@ -7,9 +7,11 @@ optional `id`, `thinking_budget`, `answer_tokens`, `max_new_tokens`, `temperatur
 `thinking_budget` replaces the flags' choice between the two). One output row per request in
 input order with its `id` and the `Generation` fields, written atomically.
 
-Everything the user can get wrong is checked before the model loads (flags, every request
-against the model's config, the trigger and cache lengths); the model directory's tokenizer is
-used when it has one (a directory without one works with ids).
+Everything the user can get wrong is checked before the model loads (`_plan`: flags, the
+file's bytes and JSON line by line, every request against the model's config: vocabulary,
+positions, the int32 / float32 widths the engine stores, the trigger and cache lengths), and
+is exit 2 naming the flag, line or request; the model directory's tokenizer is used when it
+has one (a directory without one works with ids).
 """
 
 from __future__ import annotations

@@ -398,8 +398,8 @@ def limits(p: Parsed, defaults: Defaults, trigger_len: int, prompt_tokens: int,
       if budget <= trigger_len:
         raise ServeError(
             f"answer_tokens={answer} leaves {max(cap - answer - extra, 0)} tokens of "
-            f"{cap_text} for the thinking window, which must hold more than the answer "
-            f"trigger's {trigger_len} tokens{' and fit before it' if extra else ''}",
+            f"{cap_text} for the thinking window{' (the trigger comes after it)' if extra else ''}"
+            f"; the window must hold more than the answer trigger's {trigger_len} tokens",
             "answer_tokens")
     else:
       answer = cap - budget - extra
