@@ -130,17 +130,28 @@ def test_convert_reads_and_writes_file_uris_and_refuses_other_uri_outputs(model_
 
 @pytest.mark.slow
 def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp_path):
-  """Process 0 serves HTTP and broadcasts each turn's requests; both run the engine."""
+  """Process 0 serves HTTP and broadcasts each turn's requests; both run the engine. One prompt
+  is 10,000 token ids, 78 KB of JSON on the wire: past the 64 KiB of a turn's first broadcast
+  (it killed the engine thread), the rest goes in a second one."""
+  import random
+
+  import httpx
   import openai
 
   from z1_jax.data.tokenizer import load_tokenizer
   ids = load_tokenizer().encode("print(1 + 1)", add_special_tokens=False)
-  (out,) = _z1(["generate", "--hf", str(model_dirs / "hf"), "--prompt-ids",
-                ",".join(map(str, ids)), "--thinking-budget", "18", "--answer-tokens", "6",
-                "--json"], 1)
-  row = json.loads(out.strip().splitlines()[-1])
-  procs = _start(["serve", "--hf", str(model_dirs / "hf"), "--port", "0", "--batch-size", "4",
-                  "--max-seq-len", "64", "--mesh", "2,1,2"], 2, stdout=subprocess.DEVNULL,
+  rng = random.Random(0)
+  long_ids = [rng.randrange(100_000, 151_000) for _ in range(10_000)]
+  assert len(json.dumps(long_ids)) > 1.2 * (1 << 16)
+  req = tmp_path / "req.jsonl"
+  req.write_text(json.dumps({"id": "short", "prompt_ids": ids, "thinking_budget": 18,
+                             "answer_tokens": 6}) + "\n" +
+                 json.dumps({"id": "long", "prompt_ids": long_ids, "max_new_tokens": 4}) + "\n")
+  _z1(["generate", "--hf", str(model_dirs / "hf"), "--prompts", str(req), "--out",
+       str(tmp_path / "one.jsonl"), "--batch-size", "2", "--no-progress"], 1)
+  short, long = [json.loads(x) for x in (tmp_path / "one.jsonl").read_text().splitlines()]
+  procs = _start(["serve", "--hf", str(model_dirs / "hf"), "--port", "0", "--batch-size", "2",
+                  "--max-seq-len", "10016", "--mesh", "2,1,2"], 2, stdout=subprocess.DEVNULL,
                  stderr=subprocess.PIPE)
   try:
     lines, url = [], None
@@ -151,14 +162,18 @@ def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp
         url = m.group(1)
         break
     assert url, "".join(lines)
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+    r = client.completions.create(model="hf", prompt=long_ids, max_tokens=4, temperature=0)
+    assert r.usage.prompt_tokens == 10_000 and r.usage.completion_tokens == len(long["tokens"])
+    assert r.choices[0].text == long["text"]
     r = client.completions.create(model="hf", prompt=ids, max_tokens=24, temperature=0,
                                   extra_body={"thinking_token_budget": 18})
-    assert r.model_extra["z1"]["thinking_tokens"] == row["thinking_tokens"]
-    assert r.usage.completion_tokens == len(row["tokens"])
+    assert r.model_extra["z1"]["thinking_tokens"] == short["thinking_tokens"]
+    assert r.usage.completion_tokens == len(short["tokens"])
     trigger = "\n\nI overthought it, the final answer should be:\n\n"
-    assert r.choices[0].model_extra["reasoning_content"] + trigger + r.choices[0].text == row[
+    assert r.choices[0].model_extra["reasoning_content"] + trigger + r.choices[0].text == short[
         "text"]
+    assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
   finally:
     for p in procs:
       p.send_signal(signal.SIGTERM)

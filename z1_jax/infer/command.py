@@ -7,14 +7,17 @@ optional `id`, `thinking_budget`, `answer_tokens`, `max_new_tokens`, `temperatur
 `thinking_budget` replaces the flags' choice between the two). One output row per request in
 input order with its `id` and the `Generation` fields, written atomically.
 
-Everything the user can get wrong is checked before the model loads (flags, every request
-against the model's config, the trigger and cache lengths); the model directory's tokenizer is
-used when it has one (a directory without one works with ids).
+Everything the user can get wrong is checked before the model loads (`_plan`: flags, the
+file's bytes and JSON line by line, every request against the model's config: vocabulary,
+positions, the int32 / float32 widths the engine stores, the trigger and cache lengths), and
+is exit 2 naming the flag, line or request; the model directory's tokenizer is used when it
+has one (a directory without one works with ids).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from z1_jax.cli_args import (float_dtype, int_list, mesh_spec, non_negative_float,
@@ -27,6 +30,10 @@ _ROW_FIELDS = ("id", "prompt", "prompt_ids", "thinking_budget", "answer_tokens",
 
 
 def _check_flags(args) -> None:
+  texts = [("--trigger", args.trigger)] + [("--prompt", p) for p in args.prompt or ()]
+  for flag, text in texts:
+    if text is not None and not _encodes(text):  # argv bytes that are not UTF-8 arrive so
+      raise Z1Error(f"{flag} {text.encode('utf-8', 'backslashreplace')!r}: not UTF-8 text")
   budgeted = args.thinking_budget is not None
   if budgeted and args.max_new_tokens is not None:
     raise Z1Error("--max-new-tokens and --thinking-budget exclude each other "
@@ -75,42 +82,95 @@ def _has_tokenizer(path: Path) -> bool:
   return path.is_dir() and any((path / f).exists() for f in _TOKENIZER_FILES)
 
 
-def _read_config(args):
-  if args.hf is not None:
+def read_config(hf: str | None, ckpt: str | None):
+  """The model's config from an HF directory (`config.json`) or an Orbax checkpoint, without
+  reading a weight: what every check before loading needs (vocabulary, positions)."""
+  if hf is not None:
     from z1_jax.checkpoint.hf import read_hf_config, resolve_checkpoint_dir
-    return read_hf_config(resolve_checkpoint_dir(args.hf))
-  from z1_jax.checkpoint.orbax_io import read_config
-  return read_config(args.ckpt)[0]
+    return read_hf_config(resolve_checkpoint_dir(hf))
+  from z1_jax.checkpoint.orbax_io import read_config as read_orbax_config
+  return read_orbax_config(ckpt)[0]
 
 
 def _read_rows(path: str) -> list[dict]:
+  """The file's requests: one JSON object per line (blank lines skipped; a null field is an
+  absent one), each value of the type its field needs. Any other content is a `Z1Error`
+  naming the line: bytes that are not UTF-8, JSON that Python will not read (an integer of
+  more than 4300 digits, nesting past the recursion limit), a lone surrogate."""
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise Z1Error(f"--prompts {path}: line {n} is not JSON ({e})") from None
-      if not isinstance(row, dict):
-        raise Z1Error(f"--prompts {path}: line {n}: expected a JSON object")
-      unknown = sorted(set(row) - set(_ROW_FIELDS))
-      if unknown:
-        raise Z1Error(f"--prompts {path}: line {n}: unknown field(s) {', '.join(unknown)}; "
-                      f"known: {', '.join(_ROW_FIELDS)}")
-      if ("prompt" in row) == ("prompt_ids" in row):
-        raise Z1Error(f"--prompts {path}: line {n}: give `prompt` (text) or `prompt_ids`, "
-                      "exactly one")
-      rows.append({**row, "_line": n})
+  for n, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+    where = f"--prompts {path}: line {n}"
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise Z1Error(f"{where} is not UTF-8 text (byte {e.start + 1} of the line is "
+                    f"{raw[e.start:e.start + 1]!r})") from None
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      text_ok = _encodes(row)
+    except RecursionError:
+      raise Z1Error(f"{where}: the JSON is nested too deeply to read") from None
+    except ValueError as e:  # JSONDecodeError, an integer past Python's 4300-digit limit
+      raise Z1Error(f"{where} is not JSON ({str(e)[:200]})") from None
+    if not text_ok:
+      raise Z1Error(f"{where}: a string holds a lone surrogate (a \\ud800-\\udfff escape that "
+                    "is not half of a pair): not valid Unicode")
+    if not isinstance(row, dict):
+      raise Z1Error(f"{where}: expected a JSON object")
+    unknown = sorted(set(row) - set(_ROW_FIELDS))
+    if unknown:
+      raise Z1Error(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(_ROW_FIELDS)}")
+    row = {k: v for k, v in row.items() if v is not None}
+    if ("prompt" in row) == ("prompt_ids" in row):
+      raise Z1Error(f"{where}: give `prompt` (text) or `prompt_ids`, exactly one")
+    _check_types(row, where)
+    rows.append({**row, "_line": n})
   if not rows:
     raise Z1Error(f"--prompts {path}: no requests")
   return rows
 
 
+def _encodes(value) -> bool:
+  """Every string (and key) in `value` is valid Unicode (it encodes as UTF-8)."""
+  try:
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+_INT_FIELDS = ("thinking_budget", "answer_tokens", "max_new_tokens", "top_k", "seed")
+_NUMBER_FIELDS = ("temperature", "top_p")
+
+
+def _check_types(row: dict, where: str) -> None:
+  """Each field of the type it needs (its range is the engine's check, `check_request`)."""
+  from z1_jax.infer.engine.requests import _is_int, _short
+  for name in _INT_FIELDS:
+    if name in row and not _is_int(row[name]):
+      raise Z1Error(f"{where}: {name}={_short(row[name])}: expected an integer")
+  for name in _NUMBER_FIELDS:
+    value = row.get(name)
+    if value is not None and not _is_int(value) and not (
+        isinstance(value, float) and math.isfinite(value)):
+      raise Z1Error(f"{where}: {name}={_short(value)}: expected a finite number")
+  if "prompt" in row and not isinstance(row["prompt"], str):
+    raise Z1Error(f"{where}: `prompt` must be text")
+  if "prompt_ids" in row and not (isinstance(row["prompt_ids"], list) and all(
+      _is_int(i) for i in row["prompt_ids"])):
+    raise Z1Error(f"{where}: `prompt_ids` must be a list of integer token ids")
+  rid = row.get("id")
+  if rid is not None and not (isinstance(rid, str) or _is_int(rid)):
+    raise Z1Error(f"{where}: id {_short(rid)} must be a string or an integer")
+
+
 def _requests(args, tokenizer):
   """The `Request`s of the invocation, and how to name each in an error."""
   from z1_jax.infer.engine import Request
+  from z1_jax.infer.engine.requests import _short
   flags = dict(thinking_budget=args.thinking_budget, answer_tokens=args.answer_tokens,
                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                top_p=args.top_p, top_k=args.top_k, seed=args.seed)
@@ -131,24 +191,22 @@ def _requests(args, tokenizer):
       if tokenizer is None:
         raise Z1Error(f"{where}: `prompt` text needs a tokenizer (pass --tokenizer DIR) or "
                       "give `prompt_ids`")
-      if not isinstance(row["prompt"], str):
-        raise Z1Error(f"{where}: `prompt` must be text")
       ids_ = tokenizer.encode(row["prompt"], add_special_tokens=False)
     else:
       ids_ = row["prompt_ids"]
-      if not isinstance(ids_, list):
-        raise Z1Error(f"{where}: `prompt_ids` must be a list of token ids")
     values = dict(flags)
     if "max_new_tokens" in row:
       values.update(thinking_budget=None, answer_tokens=None)
     if "thinking_budget" in row:
       values.update(max_new_tokens=None)
     values.update({k: row[k] for k in flags if k in row})
+    if values["thinking_budget"] is None and "answer_tokens" not in row:
+      values["answer_tokens"] = None  # --answer-tokens is for the rows with a budget
     if values["thinking_budget"] is None and values["max_new_tokens"] is None:
       values["max_new_tokens"] = 256
     rid = row.get("id", i)
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid in ids:
-      raise Z1Error(f"{where}: id {rid!r} must be a string or integer, unique in the file")
+    if rid in ids:
+      raise Z1Error(f"{where}: id {_short(rid)} is not unique in the file")
     ids.add(rid)
     budgeted = values["thinking_budget"] is not None
     req = Request(rid, ids_, row_id=i, **values, mode=args.mode,
@@ -164,10 +222,10 @@ def _row(g, rid) -> dict:
           "finish_reason": g.finish_reason, "ended": g.ended}
 
 
-def run_generate(args) -> int:
-  from z1_jax import distributed
-  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  _check_flags(args)
+def _plan(args):
+  """Everything `z1 generate` checks before the model loads: the tokenizer, the markers, every
+  request (against the model's config: vocabulary, positions, the widths the engine stores)
+  and the cache length. Any problem is a `Z1Error` naming the prompt, line or request."""
   from z1_jax.infer.budget import marker_ids
   from z1_jax.infer import window
   from z1_jax.infer.engine import check_request, resolve_markers
@@ -177,7 +235,7 @@ def run_generate(args) -> int:
   local = None if is_uri(source) else Path(source).expanduser()
   tokenizer = resolve_tokenizer(args.tokenizer or (local if local and _has_tokenizer(local)
                                                    else None))
-  cfg = _read_config(args)  # the config only: weights load after every check below
+  cfg = read_config(args.hf, args.ckpt)  # the config only: weights load after every check
   trigger_ids = args.trigger_ids
   if trigger_ids is None and args.trigger is not None:
     trigger_ids = marker_ids(args.mode, args.trigger, None, tokenizer)
@@ -194,13 +252,20 @@ def run_generate(args) -> int:
                            placement, r.max_new_tokens or 0)
     return len(r.prompt_ids) + stop
 
-  max_len = bucket(max(longest(r) if isinstance(r.prompt_ids, list) else 1 for r in requests))
-  for r in requests:  # every request, before the model loads
+  for r in requests:  # every request, before the model loads: the model's positions bound all
     try:
-      check_request(r, cfg, resolved, max_len)
+      check_request(r, cfg, resolved, cfg.max_position_embeddings)
     except Z1Error as e:
       raise Z1Error(str(e).replace("request ", "prompt " if args.prompts is None else
                                    "request id ", 1)) from None
+  return tokenizer, markers, requests, bucket(max(longest(r) for r in requests))
+
+
+def run_generate(args) -> int:
+  from z1_jax import distributed
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  _check_flags(args)
+  tokenizer, markers, requests, max_len = _plan(args)
   from z1_jax.model.sharding import mesh_from_spec
   mesh = mesh_from_spec(args.mesh)
   from z1_jax.infer.load import load_for_decoding

@@ -70,7 +70,10 @@ def filter_rows(scaled: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Ar
   scaled = jnp.where(use_k & (scaled < kth), -jnp.inf, scaled)
   ordered = jnp.where(use_k & (ordered < kth), -jnp.inf, ordered)
   probs = jax.nn.softmax(ordered, axis=-1)
-  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+  # the best token is kept whatever top_p is: a top_p that float32 holds as 0 (below its
+  # smallest subnormal, or flushed) would otherwise keep nothing and sample token 0
+  first = jnp.arange(v) == 0
+  keep = ((jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]) | first[None]
   threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
   return jnp.where((top_p < 1)[:, None] & (scaled < threshold), -jnp.inf, scaled)
 

@@ -18,11 +18,12 @@ import threading
 from pathlib import Path
 
 from z1_jax import distributed
-from z1_jax.cli_args import (float_dtype, mesh_spec, non_negative_int, port, positive_float,
-                             positive_int)
+from z1_jax.cli_args import (byte_size, float_dtype, mesh_spec, non_negative_int, port,
+                             positive_float, positive_int)
 from z1_jax.errors import Z1Error
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+DEFAULT_MAX_REQUEST_BYTES = 8_000_000  # --max-request-bytes (8MB)
 
 
 def _log(msg: str) -> None:
@@ -78,10 +79,37 @@ class _Server:
     self.server.run(sockets=[self.sock])
 
 
+def _context(args, cfg, tokenizer) -> int:
+  """The cache positions per slot, and the server-wide defaults checked against them and the
+  model's config (before any weight is read)."""
+  from z1_jax.infer.budget import marker_ids
+  positions = cfg.max_position_embeddings
+  if args.max_seq_len is not None and args.max_seq_len > positions:
+    raise Z1Error(f"--max-seq-len {args.max_seq_len}: the model has {positions} positions "
+                  "(max_position_embeddings in its config); pass at most that")
+  max_seq_len = args.max_seq_len or min(4096, positions)
+  if args.default_thinking_budget is not None:
+    t = max(len(marker_ids(mode, None, None, tokenizer)) for mode in ("z1", "s1"))
+    if args.default_thinking_budget <= t:
+      raise Z1Error(f"--default-thinking-budget {args.default_thinking_budget}: must exceed "
+                    f"the answer trigger's {t} tokens (the longer of the z1 trigger and the "
+                    "s1 answer marker)")
+    # a one-token prompt, the window (and an appended trigger) and one answer token
+    least = 1 + args.default_thinking_budget + t + (args.default_answer_tokens or 1)
+    if least > max_seq_len:
+      flags = f"--default-thinking-budget {args.default_thinking_budget}"
+      if args.default_answer_tokens:
+        flags += f" --default-answer-tokens {args.default_answer_tokens}"
+      raise Z1Error(f"{flags}: a one-token prompt would need {least} positions with them, and "
+                    f"--max-seq-len is {max_seq_len}")
+  return max_seq_len
+
+
 def run_serve(args) -> int:
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   _check_flags(args)
   import jax
+  from z1_jax.infer.command import read_config
   from z1_jax.infer.engine import Engine
   from z1_jax.infer.generate import resolve_tokenizer
   from z1_jax.infer.load import load_for_decoding
@@ -91,6 +119,8 @@ def run_serve(args) -> int:
   source = Path(args.hf or args.ckpt).expanduser()
   name = args.served_model_name or source.name
   lead = jax.process_index() == 0
+  tokenizer = resolve_tokenizer(args.tokenizer or source)
+  max_seq_len = _context(args, read_config(args.hf, args.ckpt), tokenizer)
   sock = None
   if lead:  # bind first: a taken port fails before the model loads
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
@@ -100,25 +130,17 @@ def run_serve(args) -> int:
     except OSError as e:
       raise Z1Error(f"--host {args.host} --port {args.port}: cannot listen there ({e})") from None
     sock.listen(2048)
-  tokenizer = resolve_tokenizer(args.tokenizer or source)
   _log(f"z1 serve: loading {source}...")
   model = load_for_decoding(args.hf, args.ckpt, mesh_from_spec(args.mesh), args.dtype)
-  max_seq_len = args.max_seq_len or min(4096, model.cfg.max_position_embeddings)
-  engine = Engine(model, slots=args.batch_size, max_seq_len=max_seq_len, tokenizer=tokenizer,
-                  chunk_steps=args.chunk_steps)
   defaults = Defaults(args.default_thinking_budget, args.default_answer_tokens)
-  if defaults.thinking_budget is not None:
-    t = len(engine.trigger_ids("z1"))
-    if defaults.thinking_budget <= t:
-      raise Z1Error(f"--default-thinking-budget {defaults.thinking_budget}: must exceed the "
-                    f"answer trigger's {t} tokens")
-  runner = Runner(engine, log=_log)
+  runner = Runner(lambda: Engine(model, slots=args.batch_size, max_seq_len=max_seq_len,
+                                 tokenizer=tokenizer, chunk_steps=args.chunk_steps), log=_log)
   runner.start()
   if not lead:  # a pod's other processes: the engine only, driven by process 0's broadcasts
     runner._thread.join()
     return 0 if runner.failed is None else 1
   from z1_jax.serve.app import create_app
-  app = create_app(runner, tokenizer, name, defaults, args.max_queue)
+  app = create_app(runner, tokenizer, name, defaults, args.max_queue, args.max_request_bytes)
   host, port = sock.getsockname()[:2]
   _log(f"z1 serve: {name!r} on http://{host}:{port}/v1 (ready once GET /health is 200)")
 
@@ -156,7 +178,11 @@ def add_parser(sub) -> None:
                       "(default: none, such requests decode without a budget)")
   p.add_argument("--default-answer-tokens", type=positive_int, default=None,
                  help="answer allowance A for budgeted requests without answer_tokens or "
-                      "max_tokens (default: none, such requests are refused)")
+                      "max_tokens (default: none, such requests answer in what the context "
+                      "leaves)")
+  p.add_argument("--max-request-bytes", type=byte_size, default=DEFAULT_MAX_REQUEST_BYTES,
+                 help="largest request body accepted, in bytes or with a unit (500KB, 8MB); "
+                      "a larger one gets 413 (default 8MB)")
   p.add_argument("--max-queue", type=non_negative_int, default=64,
                  help="requests waiting beyond the busy slots; more get 429 with Retry-After")
   p.add_argument("--chunk-steps", type=positive_int, default=16,

@@ -4,27 +4,31 @@ chunk shapes, usage accounting, and the reasoning / answer split of a Z1 generat
 No HTTP and no engine here (pure functions, unit-tested): `app.py` calls them.
 
 Field names follow OpenAI's API and vLLM's extensions: `thinking_token_budget` (vLLM's name for
-the per-request thinking budget B), `reasoning_content`,
-`usage.completion_tokens_details.reasoning_tokens`, `{"error": {"message", "type", "param",
-"code"}}`. Z1's own fields: `answer_tokens` (A, the answer allowance after the trigger),
-`placement` (`replace` / `append`), `mode` (`z1` / `s1`), and a `z1` object in each response.
+the per-request thinking budget B), `reasoning` and `reasoning_content` (the same text under
+vLLM's current and former names), `usage.completion_tokens_details.reasoning_tokens`,
+`{"error": {"message", "type", "param", "code"}}`. Z1's own fields: `answer_tokens` (A, the
+answer allowance after the trigger), `placement` (`replace` / `append`), `mode` (`z1` / `s1`),
+and a `z1` object in each response.
 
-How the completion cap and the budget agree (a request never gets a silently shortened answer):
-a budgeted row generates at most `B + A` tokens with `replace` (the trigger sits inside the
-window) or `B + T + A` with `append` (T = the trigger's length). With `max_tokens` M and no
-`answer_tokens`, A is what M leaves (M - B, or M - B - T); M that leaves no room for the
-trigger and one answer token is refused. With both, the total must fit M.
+Parsing (`load_body`, `parse_chat`, `parse_completion`) turns any bytes into a `Parsed` request
+or a `ServeError` (4xx): every number is checked against the width the engine stores it in
+(int32, float32), every string is valid Unicode, and nothing it raises is anything else.
+
+How budgets, answer allowances and `max_tokens` compose: `limits` (the table is in the README's
+Serve section). The reasoning / answer rule: `split_generation` and `StreamText`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any, Sequence
 
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
 
+INT32_MAX = 2**31 - 1  # integers the engine stores on the device are int32
 PLACEMENTS = ("replace", "append")
 MODES = ("z1", "s1")
 ROLES = ("system", "user", "assistant")
@@ -69,12 +73,17 @@ class Parsed:
   temperature: float
   top_p: float | None
   top_k: int | None
-  seed: int
+  seed: int | None  # None: the client sent none (the app draws one)
   max_tokens: int | None  # the completion cap M (max_tokens / max_completion_tokens)
   thinking_budget: int | None
   answer_tokens: int | None
   placement: str | None
   mode: str
+  max_tokens_field: str | None = None  # which of max_tokens / max_completion_tokens was sent
+
+  @property
+  def prompt_field(self) -> str:
+    return "messages" if self.kind == "chat" else "prompt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +95,45 @@ class Limits:
   placement: str | None
 
 
+# -- the body ------------------------------------------------------------------------------------
+
+def load_body(raw: bytes):
+  """The JSON value of a request body: UTF-8 (RFC 8259), and every string in it valid Unicode
+  (JSON's `\\ud800` escapes can spell lone surrogates, which no tokenizer or encoder takes)."""
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ServeError(f"the request body is not UTF-8 text (byte {e.start}: "
+                     f"{raw[e.start:e.start + 1]!r})") from None
+  try:
+    body = json.loads(text)
+  except RecursionError:
+    raise ServeError("the request body is not usable JSON: nested too deeply") from None
+  except ValueError as e:  # JSONDecodeError, and integers past Python's 4300-digit limit
+    raise ServeError(f"the request body is not valid JSON: {str(e)[:200]}") from None
+  try:
+    valid = _encodes(body)
+  except RecursionError:
+    raise ServeError("the request body is not usable JSON: nested too deeply") from None
+  if not valid:
+    fields = list(body) if isinstance(body, dict) else []
+    field = next((k for k in fields if not _encodes([k, body[k]])), None)
+    where = "the body" if field is None else (field if _encodes(field) else "a key")
+    raise ServeError(f"{where}: a string holds a lone surrogate (a JSON \\ud800-\\udfff "
+                     "escape that is not half of a pair): not valid Unicode",
+                     field if field is not None and _encodes(field) else None)
+  return body
+
+
+def _encodes(value) -> bool:
+  """Every string (and key) in `value` is valid Unicode: it encodes as UTF-8."""
+  try:
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
 # -- field readers: each raises ServeError naming the field ------------------------------------
 
 def _is_int(v) -> bool:
@@ -93,16 +141,26 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+  """A JSON number that is finite (an integer of any size; compared exactly, never converted
+  before it is known to be in range)."""
+  return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
-def _int(body: dict, name: str, minimum: int, maximum: int | None = None) -> int | None:
+def _show(v) -> str:
+  """A value for an error message, short (an integer of thousands of digits is not echoed)."""
+  if _is_int(v) and abs(v) >= 10**30:  # (JSON brings at most 4300 digits: str() takes them)
+    return f"an integer of {len(str(abs(v)))} digits"
+  text = json.dumps(v, ensure_ascii=True) if isinstance(v, (str, list, dict)) else repr(v)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(body: dict, name: str, minimum: int, maximum: int = INT32_MAX) -> int | None:
   v = body.get(name)
   if v is None:
     return None
-  if not _is_int(v) or v < minimum or (maximum is not None and v > maximum):
-    upper = f" and <= {maximum}" if maximum is not None else ""
-    raise ServeError(f"{name}={v!r}: expected an integer >= {minimum}{upper}", name)
+  if not _is_int(v) or not minimum <= v <= maximum:
+    upper = "2**31" if maximum == INT32_MAX else f"{maximum + 1}"
+    raise ServeError(f"{name}={_show(v)}: expected an integer in [{minimum}, {upper})", name)
   return v
 
 
@@ -110,9 +168,9 @@ def _number(body: dict, name: str, lo: float, hi: float, lo_open=False) -> float
   v = body.get(name)
   if v is None:
     return None
-  if not _is_number(v) or v < lo or v > hi or (lo_open and v == lo):
+  if not _is_number(v) or not lo <= v <= hi or (lo_open and v == lo):
     bracket = "(" if lo_open else "["
-    raise ServeError(f"{name}={v!r}: expected a number in {bracket}{lo}, {hi}]", name)
+    raise ServeError(f"{name}={_show(v)}: expected a number in {bracket}{lo}, {hi}]", name)
   return float(v)
 
 
@@ -120,8 +178,8 @@ def _choice(body: dict, name: str, choices: Sequence[str]) -> str | None:
   v = body.get(name)
   if v is None:
     return None
-  if v not in choices:
-    raise ServeError(f"{name}={v!r}: expected one of {', '.join(choices)}", name)
+  if not isinstance(v, str) or v not in choices:
+    raise ServeError(f"{name}={_show(v)}: expected one of {', '.join(choices)}", name)
   return v
 
 
@@ -130,7 +188,7 @@ def _bool(body: dict, name: str) -> bool:
   if v is None:
     return False
   if not isinstance(v, bool):
-    raise ServeError(f"{name}={v!r}: expected true or false", name)
+    raise ServeError(f"{name}={_show(v)}: expected true or false", name)
   return v
 
 
@@ -144,22 +202,35 @@ _UNSUPPORTED = {
 }
 
 
+def _same(v, allowed) -> bool:
+  """`v` is one of `allowed` as JSON compares them (numbers by value; true is not 1)."""
+  for a in allowed:
+    if a is None or not _is_number(a):
+      if type(v) is type(a) and v == a:
+        return True
+    elif _is_number(v) and v == a:
+      return True
+  return False
+
+
 def _common(body: dict, kind: str, served_model: str) -> dict:
   if not isinstance(body, dict):
     raise ServeError("the request body must be a JSON object", None)
   model = body.get("model")
   if model is None:
     raise ServeError("model is required", "model")
+  if not isinstance(model, str):
+    raise ServeError(f"model={_show(model)}: expected the model's name", "model")
   if model != served_model:
-    raise ServeError(f"model={model!r}: this server serves {served_model!r}", "model",
+    raise ServeError(f"model={_show(model)}: this server serves {served_model!r}", "model",
                      status=404, code="model_not_found")
   for name, allowed in _UNSUPPORTED.items():
-    if name in body and body[name] not in allowed:
+    if name in body and not _same(body[name], allowed):
       raise ServeError(f"{name} is not supported by this server", name)
   n = body.get("n")
-  if n is not None and n != 1:
-    raise ServeError(f"n={n!r}: only n=1 is supported (one choice per request)", "n")
-  if body.get("stop") not in (None, [], ""):
+  if n is not None and not (_is_int(n) and n == 1):
+    raise ServeError(f"n={_show(n)}: only n=1 is supported (one choice per request)", "n")
+  if not _same(body.get("stop"), (None, [], "")):
     raise ServeError("stop is not supported (generation ends at the model's end token, the "
                      "token limit or the thinking budget)", "stop")
   stream = _bool(body, "stream")
@@ -169,17 +240,17 @@ def _common(body: dict, kind: str, served_model: str) -> dict:
                      "stream_options")
   include_usage = bool(options and _bool(options, "include_usage"))
   caps = [c for c in ("max_tokens", "max_completion_tokens") if body.get(c) is not None]
-  if len(caps) == 2 and body["max_tokens"] != body["max_completion_tokens"]:
+  max_tokens = _int(body, caps[0], 1) if caps else None
+  if len(caps) == 2 and _int(body, caps[1], 1) != max_tokens:
     raise ServeError("max_tokens and max_completion_tokens disagree: pass one",
                      "max_completion_tokens")
-  max_tokens = _int(body, caps[0], 1) if caps else None
   temperature = _number(body, "temperature", 0.0, 2.0)
   top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
   top_k = body.get("top_k")
-  if top_k == -1:  # vLLM's "off"
+  if _is_int(top_k) and top_k == -1:  # vLLM's "off"
     top_k = None
   top_k = _int({"top_k": top_k}, "top_k", 1)
-  seed = _int(body, "seed", 0, 2**31 - 1)
+  seed = _int(body, "seed", 0)
   temperature = 1.0 if temperature is None else temperature  # OpenAI's default
   if temperature == 0.0:
     top_p = top_k = None  # greedy: the filters change nothing
@@ -187,10 +258,11 @@ def _common(body: dict, kind: str, served_model: str) -> dict:
     top_p = None if top_p == 1.0 else top_p
   return dict(
       kind=kind, stream=stream, include_usage=include_usage, temperature=temperature,
-      top_p=top_p, top_k=top_k, seed=0 if seed is None else seed, max_tokens=max_tokens,
+      top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens,
       thinking_budget=_int(body, "thinking_token_budget", 1),
       answer_tokens=_int(body, "answer_tokens", 1),
-      placement=_choice(body, "placement", PLACEMENTS), mode=_choice(body, "mode", MODES) or "z1")
+      placement=_choice(body, "placement", PLACEMENTS), mode=_choice(body, "mode", MODES) or "z1",
+      max_tokens_field=caps[0] if caps else None)
 
 
 def _text(content, where: str) -> str:
@@ -202,10 +274,10 @@ def _text(content, where: str) -> str:
     for i, part in enumerate(content):
       if not (isinstance(part, dict) and part.get("type") == "text"
               and isinstance(part.get("text"), str)):
-        raise ServeError(f"{where}[{i}]: only text parts are supported", where)
+        raise ServeError(f"{where}[{i}]: only text parts are supported", "messages")
       parts.append(part["text"])
     return "".join(parts)
-  raise ServeError(f"{where}: expected a string or a list of text parts", where)
+  raise ServeError(f"{where}: expected a string or a list of text parts", "messages")
 
 
 def chat_prompt(messages, system_prompt: str | None) -> str:
@@ -220,8 +292,8 @@ def chat_prompt(messages, system_prompt: str | None) -> str:
     if not isinstance(m, dict):
       raise ServeError(f"{where}: expected an object with role and content", "messages")
     role = m.get("role")
-    if role not in ROLES:
-      raise ServeError(f"{where}.role={role!r}: expected one of {', '.join(ROLES)}",
+    if not isinstance(role, str) or role not in ROLES:
+      raise ServeError(f"{where}.role={_show(role)}: expected one of {', '.join(ROLES)}",
                        "messages")
     if role == "system" and i:
       raise ServeError(f"{where}: a system message must come first", "messages")
@@ -250,83 +322,173 @@ def parse_completion(body, served_model: str) -> Parsed:
     return Parsed(prompt_text=prompt, prompt_ids=None, **fields)
   if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
     return Parsed(prompt_text=None, prompt_ids=tuple(prompt), **fields)
-  if isinstance(prompt, list) and len(prompt) > 1:
+  if isinstance(prompt, list) and len(prompt) > 1 and all(
+      isinstance(t, (str, list)) for t in prompt):
     raise ServeError("prompt: one prompt per request (a list of prompts is a batch: send "
                      "them as separate requests)", "prompt")
   raise ServeError("prompt: expected a non-empty string or a list of token ids", "prompt")
 
 
-def limits(p: Parsed, defaults: Defaults, trigger_len: int, room: int) -> Limits:
-  """The engine's limits for `p` (see the module docstring). `trigger_len`: T for `p.mode`;
-  `room`: cache positions left after the prompt (for a plain request without `max_tokens`)."""
+def check_prompt_length(p: Parsed, prompt_tokens: int, max_seq_len: int,
+                        at_least: bool = False) -> None:
+  """Refuses a prompt that leaves no position to generate in the context. `at_least`: the
+  count is a lower bound (a text's bytes over the longest token's), known before tokenizing."""
+  if prompt_tokens >= max_seq_len:
+    count = f"at least {prompt_tokens}" if at_least else f"{prompt_tokens}"
+    raise ServeError(f"{p.prompt_field}: {count} prompt tokens leave no room to generate in "
+                     f"the server's {max_seq_len}-position context (--max-seq-len)",
+                     p.prompt_field, code="context_length_exceeded")
+
+
+def limits(p: Parsed, defaults: Defaults, trigger_len: int, prompt_tokens: int,
+           max_seq_len: int) -> Limits:
+  """The engine's limits for `p`: a window B and an answer allowance A, or a plain decode of
+  up to M tokens (the table in the README's Serve section). `trigger_len`: T for `p.mode`.
+
+  W = B (+ T with `append`) tokens come before the answer; a budgeted row generates at most
+  W + A. `room` = the context's positions after the prompt; `cap` = `max_tokens`, else room.
+  - The client's budget B: A = `answer_tokens`, else what `max_tokens` leaves (M - W), else
+    `--default-answer-tokens` (at most the room left). Refused when W + A does not fit.
+  - The server's default budget D: with `answer_tokens` the window shrinks to fit the cap
+    (min(D, cap - A - T')); without it the answer gets what the cap leaves after D, and where
+    D leaves nothing the request decodes plainly up to the cap, as on a server without a
+    default (unless it sent `mode` or `placement`, which need a window).
+  - No budget: a plain decode of up to M tokens (or the room).
+  Every refusal names fields the client sent (the server's defaults are described, not
+  named as fields)."""
+  room = max_seq_len - prompt_tokens
+  cap_name = p.max_tokens_field or "max_tokens"
+  context = (f"{prompt_tokens} prompt tokens leave {room} of the server's {max_seq_len}-"
+             "position context (--max-seq-len)")
+  # fields that need a window (mode z1 is also what a plain request decodes with)
+  sent_window = [f for f, v in (("placement", p.placement), ("mode", p.mode == "s1" or None))
+                 if v is not None]
+
+  def fits(total: int) -> None:
+    if total > room:
+      raise ServeError(f"{p.prompt_field}: {context}, and this request may generate "
+                       f"{total} tokens", p.prompt_field, code="context_length_exceeded")
+
+  def plain(cap: int) -> Limits:
+    fits(cap)
+    return Limits(None, None, cap, None)
+
   budget = p.thinking_budget
-  if budget is None and p.answer_tokens is None:
+  default_budget = budget is None and defaults.thinking_budget is not None
+  if default_budget:
     budget = defaults.thinking_budget
   if budget is None:
-    if p.answer_tokens is not None or p.placement is not None or p.mode != "z1":
-      field = ("answer_tokens" if p.answer_tokens is not None else
-               "placement" if p.placement is not None else "mode")
-      raise ServeError(f"{field} needs thinking_token_budget (no server default is set)",
-                       field)
-    return Limits(None, None, p.max_tokens if p.max_tokens is not None else max(room, 1), None)
+    if p.answer_tokens is not None or sent_window:
+      field = "answer_tokens" if p.answer_tokens is not None else sent_window[0]
+      raise ServeError(f"{field} needs thinking_token_budget (this server has no default "
+                       "thinking budget)", field)
+    return plain(p.max_tokens if p.max_tokens is not None else room)
   placement = p.placement or ("replace" if p.mode == "z1" else "append")
-  if budget <= trigger_len:
+  extra = trigger_len if placement == "append" else 0  # T': the trigger after the window
+  if not default_budget and budget <= trigger_len:
     raise ServeError(f"thinking_token_budget={budget} must exceed the answer trigger's "
                      f"{trigger_len} tokens", "thinking_token_budget")
-  before_answer = budget + (trigger_len if placement == "append" else 0)
+  cap = p.max_tokens if p.max_tokens is not None else room
+  cap_text = (f"{cap_name}={cap}" if p.max_tokens is not None else
+              f"the context ({context})")
   answer = p.answer_tokens
-  if p.max_tokens is not None:
-    cap_name = "max_tokens"
-    if answer is None:
-      answer = p.max_tokens - before_answer
-      if answer < 1:
+  if default_budget:
+    if answer is not None:  # the window shrinks to what the client's numbers leave
+      budget = min(budget, cap - answer - extra)
+      if budget <= trigger_len:
         raise ServeError(
-            f"{cap_name}={p.max_tokens} leaves no room for the trigger and an answer: a "
-            f"thinking budget of {budget} ({placement}) uses {before_answer} tokens before "
-            f"the answer; raise {cap_name} above {before_answer} or lower "
-            "thinking_token_budget", cap_name)
-    elif before_answer + answer > p.max_tokens:
+            f"answer_tokens={answer} leaves {max(cap - answer - extra, 0)} tokens of "
+            f"{cap_text} for the thinking window{' (the trigger comes after it)' if extra else ''}"
+            f"; the window must hold more than the answer trigger's {trigger_len} tokens",
+            "answer_tokens")
+    else:
+      answer = cap - budget - extra
+      if p.max_tokens is None and defaults.answer_tokens is not None:
+        answer = min(answer, defaults.answer_tokens)
+      if answer < 1:  # the server's window does not close before the cap
+        if sent_window:
+          raise ServeError(
+              f"{sent_window[0]}={_show(getattr(p, sent_window[0]))} needs a thinking "
+              f"window, and the server's default window ({budget + extra} tokens before the "
+              f"answer) leaves no room for an answer within {cap_text}", sent_window[0])
+        return plain(cap)
+  elif answer is not None:
+    if budget + extra + answer > cap and p.max_tokens is not None:
       raise ServeError(
-          f"{cap_name}={p.max_tokens} is below thinking_token_budget + answer_tokens: this "
-          f"request may generate {before_answer + answer} tokens ({before_answer} before the "
+          f"{cap_name}={cap} is below thinking_token_budget + answer_tokens: this request "
+          f"may generate {budget + extra + answer} tokens ({budget + extra} before the "
           f"answer, {answer} after); raise {cap_name} or lower the budget", cap_name)
-  elif answer is None:
-    answer = defaults.answer_tokens
-    if answer is None:
-      raise ServeError("thinking_token_budget needs answer_tokens or max_tokens (no server "
-                       "default --default-answer-tokens is set)", "answer_tokens")
+  elif p.max_tokens is not None:
+    answer = p.max_tokens - budget - extra
+    if answer < 1:
+      raise ServeError(
+          f"{cap_name}={p.max_tokens} leaves no room for the trigger and an answer: a "
+          f"thinking budget of {budget} ({placement}) uses {budget + extra} tokens before "
+          f"the answer; raise {cap_name} above {budget + extra} or lower "
+          "thinking_token_budget", cap_name)
+  else:
+    answer = room - budget - extra
+    if defaults.answer_tokens is not None:
+      answer = min(answer, defaults.answer_tokens)
+    if answer < 1:
+      raise ServeError(
+          f"thinking_token_budget={budget} ({budget + extra} tokens before the answer) "
+          f"leaves no room for an answer: {context}", "thinking_token_budget",
+          code="context_length_exceeded")
+  fits(budget + extra + answer)
   return Limits(budget, answer, None, placement)
 
 
 # -- responses -----------------------------------------------------------------------------------
+#
+# The reasoning / answer rule (one rule, streamed or not): Z1 writes no think delimiters, so
+# the answer trigger is the only boundary. A budgeted request's tokens before the trigger are
+# reasoning, the tokens after it are the answer (`content`), and the trigger's own tokens are
+# in neither (the `z1.trigger` chunk marks it in a stream). Which side a token falls on is
+# known when it is generated, so a stream never sends text twice or moves it: a budgeted row
+# that ends inside its window has reasoning only (`content` is ""); its text is the whole
+# output, which is what the paper grades for such rows. A request without a budget has
+# `content` only. `reasoning_tokens` counts the tokens before the trigger of a budgeted row
+# (all of them when it ended inside its window) and is 0 without a budget.
+
+REASONING_FIELDS = ("reasoning", "reasoning_content")  # vLLM's current and former names
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
   """A finished generation as the API shows it."""
-  reasoning: str | None  # the thinking before the trigger (None without a trigger)
-  content: str  # the answer; the whole text for a row without a trigger
+  reasoning: str | None  # the text before the trigger (None without a budget)
+  content: str  # the text after the trigger; the whole text without a budget
   finish_reason: str
   prompt_tokens: int
   completion_tokens: int
+  reasoning_tokens: int
   thinking_tokens: int
   answer_tokens: int
   hit_budget: bool
 
 
-def split_generation(gen, tokenizer, trigger_len: int, eos_ids: Sequence[int]) -> Split:
-  """`reasoning` = tokens before the trigger, `content` = tokens after it (a final end id left
-  out); a row without a trigger (it ended inside its window, or no budget) is all content."""
+def decode(tokenizer, ids: Sequence[int]) -> str:
+  """The text of `ids` (special tokens kept): the one decoder of responses and streams."""
+  return tokenizer.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def split_generation(gen, tokenizer, trigger_len: int, eos_ids: Sequence[int],
+                     budgeted: bool) -> Split:
+  """`gen` (a `Generation`) split by the rule above (a final end id is no text)."""
   ids = list(gen.tokens)
   if gen.ended and ids and ids[-1] in eos_ids:
     ids = ids[:-1]
-  has_trigger = gen.answer_tokens > 0 or (gen.thinking_tokens < len(gen.tokens))
-  if has_trigger:
-    reasoning = tokenizer.decode(ids[:gen.thinking_tokens])
-    content = tokenizer.decode(ids[gen.thinking_tokens + trigger_len:])
-  else:
-    reasoning, content = None, tokenizer.decode(ids)
+  if not budgeted:
+    reasoning, content = None, decode(tokenizer, ids)
+  elif gen.thinking_tokens < len(gen.tokens):  # the trigger (or s1 marker) was placed
+    reasoning = decode(tokenizer, ids[:gen.thinking_tokens])
+    content = decode(tokenizer, ids[gen.thinking_tokens + trigger_len:])
+  else:  # ended inside its window
+    reasoning, content = decode(tokenizer, ids), ""
   return Split(reasoning, content, gen.finish_reason, gen.prompt_tokens, len(gen.tokens),
-               gen.thinking_tokens, gen.answer_tokens, gen.hit_budget)
+               gen.thinking_tokens if budgeted else 0, gen.thinking_tokens,
+               gen.answer_tokens, gen.hit_budget)
 
 
 def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:
@@ -341,13 +503,17 @@ def z1_fields(s: Split) -> dict:
 
 
 def _usage_of(s: Split) -> dict:
-  return usage(s.prompt_tokens, s.completion_tokens, s.thinking_tokens)
+  return usage(s.prompt_tokens, s.completion_tokens, s.reasoning_tokens)
+
+
+def _with_reasoning(obj: dict, reasoning: str | None) -> dict:
+  if reasoning is not None:
+    obj.update({name: reasoning for name in REASONING_FIELDS})
+  return obj
 
 
 def chat_response(rid: str, model: str, s: Split, created: int | None = None) -> dict:
-  message: dict[str, Any] = {"role": "assistant", "content": s.content}
-  if s.reasoning is not None:
-    message["reasoning_content"] = s.reasoning
+  message = _with_reasoning({"role": "assistant", "content": s.content}, s.reasoning)
   return {"id": rid, "object": "chat.completion", "created": created or int(time.time()),
           "model": model,
           "choices": [{"index": 0, "message": message, "finish_reason": s.finish_reason,
@@ -356,27 +522,31 @@ def chat_response(rid: str, model: str, s: Split, created: int | None = None) ->
 
 
 def completion_response(rid: str, model: str, s: Split, created: int | None = None) -> dict:
-  choice = {"index": 0, "text": s.content, "finish_reason": s.finish_reason, "logprobs": None}
-  if s.reasoning is not None:
-    choice["reasoning_content"] = s.reasoning
+  choice = _with_reasoning({"index": 0, "text": s.content, "finish_reason": s.finish_reason,
+                            "logprobs": None}, s.reasoning)
   return {"id": rid, "object": "text_completion", "created": created or int(time.time()),
           "model": model, "choices": [choice], "usage": _usage_of(s), "z1": z1_fields(s)}
 
 
 def chat_chunk(rid: str, model: str, created: int, delta: dict, finish_reason=None,
                extra: dict | None = None) -> dict:
+  """`delta`: {"content": text}, {"reasoning": text} (sent under both reasoning names), or
+  {} (a chunk that only carries `finish_reason` / `extra`)."""
+  body = _with_reasoning({"content": delta["content"]} if "content" in delta else {},
+                         delta.get("reasoning"))
+  if "role" in delta:
+    body = {"role": delta["role"], **body}
   out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+         "choices": [{"index": 0, "delta": body, "finish_reason": finish_reason,
                       "logprobs": None}]}
   return {**out, **(extra or {})}
 
 
 def completion_chunk(rid: str, model: str, created: int, delta: dict, finish_reason=None,
                      extra: dict | None = None) -> dict:
-  choice = {"index": 0, "text": delta.get("content", ""), "finish_reason": finish_reason,
-            "logprobs": None}
-  if "reasoning_content" in delta:
-    choice["reasoning_content"] = delta["reasoning_content"]
+  choice = _with_reasoning({"index": 0, "text": delta.get("content", ""),
+                            "finish_reason": finish_reason, "logprobs": None},
+                           delta.get("reasoning"))
   out = {"id": rid, "object": "text_completion", "created": created, "model": model,
          "choices": [choice]}
   return {**out, **(extra or {})}
@@ -389,57 +559,104 @@ def usage_chunk(rid: str, model: str, created: int, kind: str, s: Split) -> dict
           "usage": _usage_of(s), "z1": z1_fields(s)}
 
 
+class _FieldText:
+  """One field's text, decoded as its tokens arrive: tokenizers' `DecodeStream` (it keeps
+  the few ids of an unfinished multi-byte character or merge and decodes only those again, as
+  HF's TextStreamer and vLLM's detokenizer do), so n tokens cost O(n), not O(n^2). At the end
+  the ids it still holds (a character cut by the end) are decoded as the whole text would
+  decode them."""
+
+  def __init__(self, tokenizer):
+    from tokenizers.decoders import DecodeStream
+    self._tok = tokenizer.backend_tokenizer
+    self._stream = DecodeStream(skip_special_tokens=False)
+    self._sent: list[int] = []  # the ids of the last piece sent (context for the flush)
+    self._held: list[int] = []  # ids since then
+
+  def push(self, ids: list[int]) -> str:
+    if not ids:
+      return ""
+    self._held.extend(ids)
+    text = self._stream.step(self._tok, ids)
+    if text is None:
+      return ""
+    self._sent, self._held = self._held, []
+    return text
+
+  def flush(self) -> str:
+    if not self._held:
+      return ""
+    before = self._tok.decode(self._sent, skip_special_tokens=False)
+    both = self._tok.decode(self._sent + self._held, skip_special_tokens=False)
+    self._sent, self._held = self._sent + self._held, []
+    return both[len(before):]
+
+
 class StreamText:
-  """Turns a generation's tokens, as they arrive, into `reasoning_content` / `content` deltas.
+  """A generation's tokens, as the engine's events bring them, as ("reasoning" | "trigger" |
+  "content", text) deltas by the rule above: joined, each field equals `split_generation`'s.
 
-  A budgeted row's tokens stream as `reasoning_content` until the trigger (Z1 has no think
-  delimiters: until the row ends or hits its budget, what it writes is thinking); the answer
-  after the trigger streams as `content`, and the switch is the trigger's position (the chunk
-  there also carries `z1.trigger`). A budgeted row that ends inside its window has no trigger:
-  its whole text is then sent once more as `content` in the last delta, so the concatenated
-  `content` deltas always equal the non-streamed `content`. A row without a budget streams
-  `content` only.
-
-  Each segment is decoded whole each time and the new suffix sent, so a multi-token character
-  or a merge across a chunk boundary comes out right; text ending in an incomplete character
-  ("\ufffd") waits for the next tokens. The trigger's own tokens are in neither segment."""
+  Tokens arrive in order and final (`offset` is always the count so far: the engine streams a
+  replace row's tokens from B-T on only once they are final). The "trigger" delta (text None)
+  marks where the trigger starts (the app sends `z1.trigger` there)."""
 
   def __init__(self, tokenizer, eos_ids: Sequence[int], budgeted: bool):
-    self.tokenizer, self.eos_ids, self.budgeted = tokenizer, set(eos_ids), budgeted
-    self.tokens: list[int] = []
-    self.trigger: tuple[int, int] | None = None  # (start, length) once known
-    self.sent = {"reasoning_content": "", "content": ""}
+    self.eos_ids, self.budgeted = set(eos_ids), budgeted
+    self.fields = {"reasoning": _FieldText(tokenizer), "content": _FieldText(tokenizer)}
+    self.count = 0  # tokens received
+    self.trigger: tuple[int, int] | None = None  # (index, length) once placed
 
   def add(self, offset: int, new_tokens: Sequence[int], trigger_at: int | None,
-          trigger_len: int) -> bool:
-    """Adds an event's tokens; True when this event holds the trigger's start."""
-    del self.tokens[offset:]
-    self.tokens.extend(int(t) for t in new_tokens)
-    if trigger_at is not None and self.trigger is None:
-      self.trigger = (offset + trigger_at, trigger_len)
-      return True
-    return False
+          trigger_len: int, done: bool = False, ended: bool = False) -> list[tuple[str, Any]]:
+    if offset != self.count:
+      raise ValueError(f"stream: tokens from {offset} after {self.count} (events must bring "
+                       "final tokens in order)")
+    tokens = [int(t) for t in new_tokens]
+    self.count += len(tokens)
+    if done and ended and tokens and tokens[-1] in self.eos_ids:
+      tokens = tokens[:-1]  # the end id is no text
+    out: list[tuple[str, Any]] = []
+    run: list[int] = []
+    run_field = None
 
-  def _segments(self, final: bool, ended: bool) -> list[tuple[str, list[int]]]:
-    ids = self.tokens
-    if final and ended and ids and ids[-1] in self.eos_ids:
-      ids = ids[:-1]
-    if not self.budgeted:
-      return [("content", ids)]
-    if self.trigger is None:
-      return [("reasoning_content", ids)] + ([("content", ids)] if final else [])
-    start, t = self.trigger
-    return [("reasoning_content", ids[:start]), ("content", ids[start + t:])]
+    def close():
+      if run:
+        text = self.fields[run_field].push(run)
+        if text:
+          out.append((run_field, text))
 
-  def deltas(self, final: bool = False, ended: bool = False) -> list[tuple[str, str]]:
-    """(field, text) deltas since the last call, reasoning before content."""
-    out = []
-    for field, ids in self._segments(final, ended):
-      text = self.tokenizer.decode(ids)
-      if not final and text.endswith("\ufffd"):
-        text = text.rstrip("\ufffd")
-      sent = self.sent[field]
-      if len(text) > len(sent) and text.startswith(sent):
-        out.append((field, text[len(sent):]))
-        self.sent[field] = text
+    for k, tok in enumerate(tokens):
+      i = offset + k
+      if self.budgeted and self.trigger is None and trigger_at is not None and k == trigger_at:
+        close()
+        run, run_field = [], None
+        self._place_trigger(i, trigger_len, out)
+      if not self.budgeted:
+        field = "content"
+      elif self.trigger is None:
+        field = "reasoning"
+      elif i < self.trigger[0] + self.trigger[1]:
+        continue  # the trigger's own tokens
+      else:
+        field = "content"
+      if field != run_field:
+        close()
+        run, run_field = [], field
+      run.append(tok)
+    close()
+    if self.budgeted and self.trigger is None and trigger_at is not None:
+      self._place_trigger(offset + trigger_at, trigger_len, out)  # after the event's tokens
+    if done:
+      for field in ("reasoning", "content"):
+        text = self.fields[field].flush()
+        if text:
+          out.append((field, text))
     return out
+
+  def _place_trigger(self, index: int, length: int, out: list) -> None:
+    """The reasoning is complete at the trigger: what it still holds goes out before it."""
+    self.trigger = (index, length)
+    text = self.fields["reasoning"].flush()
+    if text:
+      out.append(("reasoning", text))
+    out.append(("trigger", None))

@@ -5,28 +5,38 @@ calls from one thread); the asyncio side talks to it through thread-safe queues.
   next chunk boundary, so a cancelled (disconnected) request frees its slot within one chunk.
 - Each `Event` goes to its request's `Sink` (an asyncio queue fed with
   `loop.call_soon_threadsafe`); a finished or failed request's sink is dropped.
+- One request cannot stop the others: a request the engine refuses fails alone (400), and every
+  field a request can hold is range-checked before it gets here (`engine.check_request`). A
+  step that raises all the same (a bug) fails the requests in the engine at that moment (500:
+  which of them caused it is not known), the engine is made afresh (`make_engine`: its
+  programs stay compiled) and serving goes on. Only a failure to compile or to make the
+  engine marks the runner `failed` (`/health` 503).
 - Counters (`stats()`): requests accepted and not yet answered, the engine's active slots and
   queue; the load test checks they are back at zero.
 - Pod slice: every process runs a `Runner`; process 0's inbox is the only one fed (HTTP runs
-  there) and each loop turn broadcasts that turn's commands to the others
-  (`multihost_utils.broadcast_one_to_all` of a fixed-size byte array), so every process calls
-  `submit` / `cancel` / `step` with identical inputs in the same order.
+  there) and each loop turn broadcasts that turn's commands to the others, so every process
+  calls `submit` / `cancel` / `step` with identical inputs in the same order. A turn's commands
+  are JSON: its size and first 64 KiB go in one fixed-size broadcast (the common case is one
+  collective per turn), the rest, when there is more (a long prompt), in a second one whose size
+  is a power of two (few shapes, each compiled once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import queue
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 
 _IDLE_WAIT_S = 0.05  # how long an idle loop turn waits for a command
-_BROADCAST_BYTES = 1 << 16  # one turn's commands on a pod, JSON; more wait for the next turn
+_BROADCAST_BYTES = 1 << 16  # the first broadcast of each turn on a pod: size + first bytes
 
 
 class Sink:
@@ -50,8 +60,12 @@ class Failed:
 
 
 class Runner:
-  def __init__(self, engine, *, warmup: bool = True, log=None):
-    self.engine = engine
+  """`make_engine()` -> a fresh engine (called now, and again after a step that raised)."""
+
+  def __init__(self, make_engine, *, warmup: bool = True, log=None):
+    self._make_engine = make_engine
+    self.engine = make_engine()
+    engine = self.engine
     self._warmup = warmup
     self._inbox: queue.SimpleQueue = queue.SimpleQueue()
     self._sinks: dict = {}
@@ -126,28 +140,29 @@ class Runner:
     from jax.experimental import multihost_utils
     payload = b""
     if self._lead:
-      kept, wire = [], []
-      for cmd in commands:
-        item = [cmd[0], dataclasses.asdict(cmd[1]) if cmd[0] == "submit" else cmd[1]]
-        trial = json.dumps(wire + [item]).encode()
-        if len(trial) > _BROADCAST_BYTES - 8 and wire:
-          self._inbox.put(cmd)  # next turn (order kept for what follows: they queue after)
-          continue
-        wire.append(item)
-        kept.append(cmd)
-        payload = trial
-      commands = kept
-    buf = np.zeros((_BROADCAST_BYTES,), np.uint8)
+      payload = json.dumps([[kind, dataclasses.asdict(value) if kind == "submit" else value]
+                            for kind, value, _ in commands]).encode()
+    room = _BROADCAST_BYTES - 8
+    head = np.zeros((_BROADCAST_BYTES,), np.uint8)
     if self._lead:
-      buf[:8] = np.frombuffer(np.int64(len(payload)).tobytes(), np.uint8)
-      buf[8:8 + len(payload)] = np.frombuffer(payload, np.uint8)
-    buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+      head[:8] = np.frombuffer(np.int64(len(payload)).tobytes(), np.uint8)
+      first = payload[:room]
+      head[8:8 + len(first)] = np.frombuffer(first, np.uint8)
+    head = np.asarray(multihost_utils.broadcast_one_to_all(head))
+    size = int(np.frombuffer(head[:8].tobytes(), np.int64)[0])
+    rest = b""
+    if size > room:  # a long prompt: the rest in one more broadcast, padded to a power of two
+      n = size - room
+      tail = np.zeros((1 << (n - 1).bit_length(),), np.uint8)
+      if self._lead:
+        tail[:n] = np.frombuffer(payload[room:], np.uint8)
+      rest = np.asarray(multihost_utils.broadcast_one_to_all(tail))[:n].tobytes()
     if self._lead:
       return commands
-    size = int(np.frombuffer(buf[:8].tobytes(), np.int64)[0])
     from z1_jax.infer.engine import Request
     out = []
-    for kind, value in json.loads(buf[8:8 + size].tobytes()) if size else []:
+    data = head[8:8 + min(size, room)].tobytes() + rest
+    for kind, value in json.loads(data) if size else []:
       if kind == "submit":
         value["prompt_ids"] = tuple(value["prompt_ids"])
         out.append((kind, Request(**value), None))
@@ -156,9 +171,9 @@ class Runner:
     return out
 
   def _loop(self) -> None:
-    engine = self.engine
     stopping = False
     while True:
+      engine = self.engine
       for kind, value, sink in self._commands():
         if kind == "stop":
           stopping = True
@@ -175,7 +190,16 @@ class Runner:
       if stopping and not engine.has_work():
         break
       if engine.has_work():
-        for ev in engine.step():
+        failure = None
+        try:
+          events = engine.step()
+        except Exception as e:  # noqa: BLE001 - a bug: fail what was decoding, keep serving
+          failure = f"{type(e).__name__}: {e}", traceback.format_exc()
+        if failure is not None:
+          del engine  # (and the traceback, with the frames that held it, is gone)
+          self._restart(*failure)
+          continue
+        for ev in events:
           sink = self._sinks.get(ev.id)
           if ev.error is not None:
             self._finish(ev.id, sink, Failed(ev.error, 499))
@@ -185,6 +209,17 @@ class Runner:
             sink.put(ev)
       s = engine.stats()
       self._stats = {"slots": s["slots"], "active": s["active"], "queued": s["queued"]}
+
+  def _restart(self, error: str, trace: str) -> None:
+    """After a step that raised: the requests in the engine fail, a fresh engine takes over."""
+    message = f"the engine's step failed: {error}"
+    self._log(f"z1 serve: {message}; failing the {len(self._sinks)} requests in the engine "
+              "and starting it afresh\n" + trace)
+    self.engine = None  # its cache is freed before the new one is made (HBM holds one)
+    gc.collect()
+    self.engine = self._make_engine()
+    for rid, sink in list(self._sinks.items()):  # once the server can take their retries
+      self._finish(rid, sink, Failed(message, 500))
 
   def _finish(self, rid, sink, item) -> None:
     self._sinks.pop(rid, None)

@@ -26,7 +26,8 @@ from z1_jax.infer.sampling import Sampling
 
 MAX_LOGPROBS = 20  # top log-probabilities per token (OpenAI's chat limit)
 MAX_STOP_TOKEN_IDS = 8  # per request, held on the device
-INT32_MAX = 2**31 - 1
+INT32_MAX = 2**31 - 1  # the device stores every integer control as int32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # and temperature / top_p as float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _ids(where: str, ids, vocab: int) -> tuple[int, ...]:
   ids = tuple(int(i) for i in ids)
   bad = [i for i in ids if not 0 <= i < vocab]
   if bad:
-    raise Z1Error(f"{where}: id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+    raise Z1Error(f"{where}: id {_short(bad[0])} is outside the model's vocabulary [0, {vocab})")
   return ids
 
 
@@ -166,18 +167,22 @@ def check_request(req: Request, cfg, markers: window.Markers, max_seq_len: int,
   try:
     return _check(req, cfg, markers, max_seq_len, tokenizer)
   except Z1Error as e:
-    raise Z1Error(f"request {req.id!r}: {e}") from None
+    raise Z1Error(f"request {_short(req.id)}: {e}") from None
 
 
 def _int_field(req: Request, field: str, minimum: int, maximum: int = INT32_MAX):
   value = getattr(req, field)
   if value is not None and (not _is_int(value) or not minimum <= value <= maximum):
-    raise Z1Error(f"{field}={value!r}: expected an integer in [{minimum}, {maximum}]")
+    upper = "2**31)" if maximum == INT32_MAX else f"{maximum}]"
+    raise Z1Error(f"{field}={_short(value)}: expected an integer in [{minimum}, {upper}")
   return value
 
 
 def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int,
            tokenizer=None) -> Sampling:
+  """Every field checked against what the engine does with it, before it reaches the device:
+  integers against int32 (the rows' width), lengths against the model's positions and the
+  engine's max_seq_len, numbers against float32."""
   if isinstance(req.prompt_ids, (str, bytes)):
     raise Z1Error("prompt_ids is text: give token ids (tokenize it first)")
   prompt = list(req.prompt_ids)
@@ -185,7 +190,10 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int,
     raise Z1Error("prompt_ids: expected a list of integer token ids")
   if not prompt:
     raise Z1Error("prompt_ids is empty: a prompt needs at least one token")
-  _ids("prompt_ids", prompt, cfg.vocab_size)
+  bad = next((i for i in prompt if not 0 <= i < cfg.vocab_size), None)
+  if bad is not None:
+    raise Z1Error(f"prompt_ids: id {_short(bad)} is outside the model's vocabulary "
+                  f"[0, {cfg.vocab_size})")
   if len(prompt) > cfg.max_position_embeddings:
     raise Z1Error(f"prompt_ids: {len(prompt)} tokens are longer than the model's maximum of "
                   f"{cfg.max_position_embeddings} positions")
@@ -222,28 +230,29 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int,
   elif req.min_thinking:
     raise Z1Error("min_thinking applies to mode='s1' only")
   _int_field(req, "min_thinking", 0)
-  limit = min(max_seq_len, cfg.max_position_embeddings)
-  if len(prompt) + stop > limit:
-    what = ("the model's {} positions (max_position_embeddings)"
-            if limit == cfg.max_position_embeddings else
-            "the engine's {} positions (max_seq_len)").format(limit)
-    raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit {what}")
+  # the model's context first (it names the real limit; it also keeps every length, and the
+  # sums of them the device computes, far inside int32)
+  positions = cfg.max_position_embeddings
+  if len(prompt) + stop > positions:
+    raise Z1Error(f"{len(prompt)} prompt tokens + up to {_short(stop)} generated exceed the "
+                  f"model's {positions} positions (max_position_embeddings)")
+  if len(prompt) + stop > max_seq_len:
+    raise Z1Error(f"{len(prompt)} prompt tokens + up to {stop} generated do not fit the "
+                  f"engine's {max_seq_len} positions per request (max_seq_len)")
   for field in ("seed", "row_id"):
     _int_field(req, field, 0)
   temperature = req.temperature
-  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-    raise Z1Error(f"temperature={temperature!r}: expected a number")
-  try:
-    temperature = float(temperature)
-  except OverflowError:
-    raise Z1Error("temperature: expected a finite number, got an integer too large for a "
-                  "float") from None
-  if req.top_k is not None and not _is_int(req.top_k):
-    raise Z1Error(f"top_k={req.top_k!r}: expected an integer >= 1")
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)):
+    raise Z1Error(f"temperature={_short(temperature)}: expected a number")
+  if not -FLOAT32_MAX <= temperature <= FLOAT32_MAX:  # also nan; ints too large for a float
+    raise Z1Error(f"temperature={_short(temperature)}: expected a finite number >= 0 that "
+                  "float32 can hold")
+  temperature = float(temperature)
   _int_field(req, "top_k", 1)
   if req.top_p is not None and (isinstance(req.top_p, bool) or
-                                not isinstance(req.top_p, (int, float))):
-    raise Z1Error(f"top_p={req.top_p!r}: expected a number in (0, 1]")
+                                not isinstance(req.top_p, (int, float, np.number)) or
+                                not 0 < req.top_p <= 1):
+    raise Z1Error(f"top_p={_short(req.top_p)}: expected a number in (0, 1]")
   # OpenAI / vLLM controls
   if isinstance(req.stop, (str, bytes)) or not all(isinstance(s, str) and s for s in req.stop):
     raise Z1Error("stop: expected a tuple of non-empty strings")
@@ -263,7 +272,19 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int,
   if req.prompt_logprobs is not None and req.thinking_budget is not None:
     raise Z1Error("prompt_logprobs (echo) applies to plain requests (max_new_tokens), not with "
                   "a thinking budget")
-  return Sampling(temperature, req.top_k, req.top_p)
+  return Sampling(temperature, None if req.top_k is None else int(req.top_k),
+                  None if req.top_p is None else float(req.top_p))
+
+
+def _short(value) -> str:
+  """`repr(value)`, cut: an integer of thousands of digits is not repeated whole."""
+  if _is_int(value) and abs(value) >= 10**30:
+    try:
+      return f"an integer of {len(str(abs(int(value))))} digits"
+    except ValueError:  # str() refuses integers past 4300 digits
+      return "an integer of more than 4300 digits"
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value) -> bool:

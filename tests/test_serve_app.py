@@ -1,0 +1,329 @@
+"""`z1 serve`'s app in this process (FastAPI's TestClient; a tiny random model with the Qwen
+tokenizer, compiled on first use): hostile bodies (hypothesis) only ever get 2xx or 4xx and
+`/health` stays 200, one request cannot disable the server, the reasoning / answer rule is the
+same streamed and whole in every case, seedless requests sample apart, the server's default
+budget composes with what a client sends, and the body-size and context limits."""
+
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
+from json_strategies import request_body
+
+MODEL = "tiny"
+CONTEXT = 96
+ENDS_EARLY = {"prompt": "print(1)", "temperature": 1.0, "seed": 11}  # see `env`
+
+
+@pytest.fixture(scope="module")
+def env():
+  import z1_jax
+  from z1_jax.data.tokenizer import load_tokenizer
+  from z1_jax.infer.engine import Engine
+  from z1_jax.serve.app import create_app
+  from z1_jax.serve.protocol import Defaults
+  from z1_jax.serve.runner import Runner
+  from z1_jax.infer.engine import Request
+  from z1_jax.serve.protocol import DEFAULT_SYSTEM_PROMPT, chat_prompt
+  tok = load_tokenizer()
+  model = z1_jax.create_model(z1_jax.get_preset("tiny"))
+  engines, logs = [], []
+  # A random model never ends by itself: the token ENDS_EARLY's request samples 4th (as a
+  # completion and as a chat) is made an end id, so that row ends inside its window.
+  probe = Engine(model, slots=2, max_seq_len=CONTEXT, tokenizer=tok)
+  texts = {False: ENDS_EARLY["prompt"], True: chat_prompt(
+      [{"role": "user", "content": ENDS_EARLY["prompt"]}], DEFAULT_SYSTEM_PROMPT)}
+  ends = {}
+  for chat, text in texts.items():
+    ids = tok.encode(text, add_special_tokens=False)
+    out = probe.run([Request(0, ids, max_new_tokens=6, temperature=ENDS_EARLY["temperature"],
+                             seed=ENDS_EARLY["seed"])])[0].tokens
+    assert out[3] not in out[:3], out
+    ends[chat] = out[3]
+  eos = tuple(probe.markers.eos_ids) + tuple(ends.values())
+  del probe
+
+  def make():
+    engines.append(Engine(model, slots=2, max_seq_len=CONTEXT, tokenizer=tok, eos_ids=eos,
+                          chunk_steps=8))
+    return engines[-1]
+
+  runner = Runner(make, warmup=False, log=logs.append)
+  runner.start()
+  apps = {name: create_app(runner, tok, MODEL, Defaults(*defaults), max_queue=8,
+                           max_request_bytes=limit)
+          for name, defaults, limit in (("plain", (), 200_000), ("default", (30, None), 200_000),
+                                        ("big", (), 8_000_000))}
+  clients = {name: TestClient(app) for name, app in apps.items()}
+  for c in clients.values():
+    c.__enter__()
+  yield {"client": clients["plain"], "default": clients["default"], "big": clients["big"],
+         "runner": runner, "engines": engines, "tok": tok, "logs": logs, "make": make}
+  for c in clients.values():
+    c.__exit__(None, None, None)
+  runner.stop(timeout=30)
+
+
+def _post(client, body, path="/v1/completions"):
+  return client.post(path, content=json.dumps(body), headers={"content-type":
+                                                               "application/json"})
+
+
+def _health(client):
+  r = client.get("/health")
+  assert r.status_code == 200, r.text
+  return r.json()
+
+
+def _stream(client, body, path):
+  chunks = []
+  with client.stream("POST", path, json={**body, "stream": True,
+                                         "stream_options": {"include_usage": True}}) as r:
+    assert r.status_code == 200
+    for line in r.iter_lines():
+      if line.startswith("data: ") and line != "data: [DONE]":
+        chunks.append(json.loads(line[6:]))
+  return chunks
+
+
+def _joined(chunks, chat: bool) -> dict:
+  out = {"content": "", "reasoning": "", "reasoning_content": ""}
+  for c in chunks:
+    assert "error" not in c, c
+    for choice in c["choices"]:
+      d = choice["delta"] if chat else {**choice, "content": choice["text"]}
+      assert d.get("reasoning") == d.get("reasoning_content")  # the same text, both names
+      for k in out:
+        out[k] += d.get(k) or ""
+  return out
+
+
+CASES = {  # case -> request (the five cases of the reasoning rule)
+    "plain": {"prompt": "hi", "max_tokens": 20, "temperature": 1.0, "seed": 1},
+    "budget hit": {"prompt": "hi", "thinking_token_budget": 20, "answer_tokens": 8,
+                   "temperature": 1.0, "seed": 2},
+    "ended inside the window": {**ENDS_EARLY, "thinking_token_budget": 20, "answer_tokens": 5},
+    "append": {"prompt": "x = 1", "thinking_token_budget": 16, "answer_tokens": 6,
+               "placement": "append", "temperature": 1.0, "seed": 3},
+    "s1": {"prompt": "x = 2", "thinking_token_budget": 16, "answer_tokens": 6, "mode": "s1",
+           "temperature": 1.0, "seed": 4},
+}
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_streamed_and_whole_agree_field_by_field(env, case, chat):
+  client = env["client"]
+  body = {"model": MODEL, **CASES[case]}
+  path = "/v1/completions"
+  if chat:
+    path, body["messages"] = "/v1/chat/completions", [{"role": "user",
+                                                      "content": body.pop("prompt")}]
+  whole = _post(client, body, path).json()
+  chunks = _stream(client, body, path)
+  choice = whole["choices"][0]
+  message = choice["message"] if chat else {**choice, "content": choice["text"]}
+  joined = _joined(chunks, chat)
+  assert joined["content"] == message["content"]
+  for name in ("reasoning", "reasoning_content"):
+    assert joined[name] == (message.get(name) or "")
+  finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+  assert [c["choices"][0]["finish_reason"] for c in finish] == [choice["finish_reason"]]
+  assert finish[0]["z1"] == whole["z1"] and chunks[-1]["usage"] == whole["usage"]
+  triggers = [c["z1"]["trigger"] for c in chunks if "trigger" in c.get("z1", {})]
+  z1, usage = whole["z1"], whole["usage"]
+  reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"]
+  if case == "plain":
+    assert "reasoning" not in message and "reasoning_content" not in message
+    assert reasoning_tokens == 0 and not triggers and message["content"]
+  elif case == "ended inside the window":
+    assert not z1["hit_budget"] and choice["finish_reason"] == "stop" and not triggers
+    assert message["content"] == "" and message["reasoning"]
+    assert reasoning_tokens == z1["thinking_tokens"] == usage["completion_tokens"] == 4
+  else:
+    assert z1["hit_budget"] and len(triggers) == 1 and message["content"]
+    assert reasoning_tokens == z1["thinking_tokens"] < usage["completion_tokens"]
+    t = {"budget hit": 12, "append": 0, "s1": 0}[case]  # replace: the trigger is in the window
+    assert z1["thinking_tokens"] == body["thinking_token_budget"] - t
+
+
+def test_requests_without_a_seed_sample_apart_and_a_seed_repeats(env):
+  client = env["client"]
+  body = {"model": MODEL, "prompt": "hi", "max_tokens": 12, "temperature": 1.0}
+  texts = [_post(client, body).json()["choices"][0]["text"] for _ in range(3)]
+  assert len(set(texts)) == 3
+  seeded = [_post(client, {**body, "seed": 7}).json()["choices"][0]["text"] for _ in range(2)]
+  assert seeded[0] == seeded[1]
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 2**31), ("seed", 2**31),
+                                          ("max_tokens", 2**31), ("temperature", 10**400),
+                                          ("thinking_token_budget", 2**32)])
+def test_numbers_past_the_engines_widths_are_400_and_the_server_goes_on(env, field, value):
+  client = env["client"]
+  body = {"model": MODEL, "prompt": "hi", "temperature": 0.8, "max_tokens": 4, field: value}
+  r = _post(client, body)
+  assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+  r = _post(client, {"model": MODEL, "prompt": "hi", "temperature": 0.8, "top_k": 2**31 - 1,
+                     "max_tokens": 4})
+  assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+  assert _health(client)["in_flight"] == 0
+
+
+def test_a_step_that_raises_fails_its_requests_and_serving_goes_on(env, monkeypatch):
+  """Before: the engine thread died, every later request got 503 and /health said failed."""
+  client, runner = env["client"], env["runner"]
+  made = len(env["engines"])
+  engine = runner.engine
+  real = engine.step
+
+  def boom():
+    monkeypatch.setattr(engine, "step", real)
+    raise OverflowError("a value the engine could not store")
+
+  monkeypatch.setattr(engine, "step", boom)
+  r = _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": 4})
+  assert r.status_code == 500 and "OverflowError" in r.json()["error"]["message"]
+  assert _health(client)["status"] == "ok"
+  assert len(env["engines"]) == made + 1 and runner.engine is env["engines"][-1]
+  r = _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": 5, "temperature": 0})
+  assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+  assert any("starting it afresh" in line for line in env["logs"])
+
+
+def test_bodies_over_the_limit_are_413(env):
+  client = env["client"]
+  big = json.dumps({"model": MODEL, "prompt": "x" * 200_000})
+  r = client.post("/v1/completions", content=big, headers={"content-type": "application/json"})
+  assert r.status_code == 413 and "--max-request-bytes" in r.json()["error"]["message"]
+
+  def chunks():  # no content-length: counted as it arrives
+    for i in range(0, len(big), 10_000):
+      yield big[i:i + 10_000].encode()
+  r = client.post("/v1/completions", content=chunks(), headers={"content-type":
+                                                                 "application/json"})
+  assert r.status_code == 413
+  assert _health(client)["status"] == "ok"
+
+
+def test_a_huge_prompt_is_refused_by_its_size_before_it_is_tokenized(env):
+  """Before: a 10 MB prompt was tokenized on the event loop (5 s without /health)."""
+  t0 = time.perf_counter()
+  r = _post(env["big"], {"model": MODEL, "prompt": "hello world " * 600_000})
+  assert r.status_code == 400 and "at least" in r.json()["error"]["message"], r.text
+  assert r.json()["error"]["param"] == "prompt"
+  assert time.perf_counter() - t0 < 3
+
+
+def test_tokenization_runs_off_the_event_loop(env, monkeypatch):
+  client, tok = env["client"], env["tok"]
+  real = type(tok).encode
+  started = threading.Event()
+
+  def slow(self, *a, **kw):
+    started.set()
+    time.sleep(1.5)
+    return real(self, *a, **kw)
+
+  monkeypatch.setattr(type(tok), "encode", slow)
+  worker = threading.Thread(target=_post, args=(client, {"model": MODEL, "prompt": "hi",
+                                                        "max_tokens": 2}))
+  worker.start()
+  assert started.wait(10)
+  t0 = time.perf_counter()
+  _health(client)
+  assert time.perf_counter() - t0 < 0.5  # answered while the prompt is being tokenized
+  worker.join(30)
+
+
+def test_the_default_budget_composes_with_what_the_client_sends(env):
+  """`--default-thinking-budget 30`: a plain request with max_tokens is served within it, one
+  with only answer_tokens gets the default window."""
+  client = env["default"]
+  for m in (5, 30, 36):
+    r = _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": m, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= m
+  r = _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": 36, "temperature": 0})
+  assert r.json()["z1"] == {"hit_budget": True, "thinking_tokens": 30 - 12, "answer_tokens": 6}
+  r = _post(client, {"model": MODEL, "prompt": "hi", "answer_tokens": 4, "temperature": 0})
+  assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 34
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_hostile_bodies_get_2xx_or_4xx_and_health_stays_200(env, data):
+  client = env["client"]
+  chat = data.draw(st.booleans())
+  path = "/v1/chat/completions" if chat else "/v1/completions"
+  if data.draw(st.integers(0, 9)) == 0:
+    raw = data.draw(st.binary(max_size=64))
+  else:
+    raw = json.dumps(request_body(data, MODEL, 151936, chat)).encode()
+  r = client.post(path, content=raw, headers={"content-type": "application/json"})
+  event(f"status {r.status_code}")
+  assert 200 <= r.status_code < 300 or 400 <= r.status_code < 500, (r.status_code, r.text)
+  if r.status_code >= 400:
+    assert r.json()["error"]["message"]
+  elif r.headers["content-type"].startswith("text/event-stream"):
+    assert "data: [DONE]" in r.text and '"error"' not in r.text
+  assert _health(client)["status"] == "ok"
+
+
+def test_the_request_parser_returns_only_what_the_engine_can_hold(env):
+  """`app.prepare` on hostile bodies (many, fast: no decoding): a ServeError with a 4xx, or a
+  request whose every number fits the width the engine stores it in and whose length fits the
+  context."""
+  from z1_jax.serve.app import longest_token_bytes, prepare
+  from z1_jax.serve.protocol import Defaults, ServeError
+  engine, tok = env["runner"].engine, env["tok"]
+  token_bytes = longest_token_bytes(tok)
+
+  @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+  @given(data=st.data(), default=st.sampled_from([None, 30]))
+  def check(data, default):
+    chat = data.draw(st.booleans())
+    if data.draw(st.integers(0, 9)) == 0:
+      raw = data.draw(st.binary(max_size=40))
+    else:
+      raw = json.dumps(request_body(data, MODEL, 151936, chat)).encode()
+    try:
+      p, req = prepare(raw, "chat" if chat else "completion", "r", engine=engine,
+                       tokenizer=tok, served_model=MODEL, defaults=Defaults(default),
+                       token_bytes=token_bytes)
+    except ServeError as e:
+      assert 400 <= e.status < 500 and e.message
+      event(f"refused {e.param}")
+      return
+    event("accepted")
+    for name in ("top_k", "seed", "thinking_budget", "answer_tokens", "max_new_tokens"):
+      value = getattr(req, name)
+      assert value is None or (type(value) is int and 0 <= value < 2**31), (name, value)
+    assert 0 <= req.temperature <= 2 and (req.top_p is None or 0 < req.top_p <= 1)
+    assert all(type(i) is int and 0 <= i < 151936 for i in req.prompt_ids)
+    t = len(engine.trigger_ids(req.mode))
+    if req.thinking_budget is None:
+      total = req.max_new_tokens
+    else:
+      assert req.thinking_budget > t
+      total = req.thinking_budget + req.answer_tokens + (t if req.placement == "append" else 0)
+    assert len(req.prompt_ids) + total <= CONTEXT
+
+  check()
+
+
+def test_serve_refuses_a_context_past_the_models_positions_before_loading(hf_checkpoint,
+                                                                        capsys):
+  from z1_jax.cli import main
+  from z1_jax.data.tokenizer import offline_tokenizer_dir
+  _, path = hf_checkpoint("untied-gqa4-theta")  # 256 positions
+  tokenizer = ["--tokenizer", str(offline_tokenizer_dir()), "--port", "0"]
+  assert main(["serve", "--hf", str(path), "--max-seq-len", "4096", *tokenizer]) == 2
+  assert "--max-seq-len 4096: the model has 256 positions" in capsys.readouterr().err
+  assert main(["serve", "--hf", str(path), "--default-thinking-budget", "300",
+               *tokenizer]) == 2
+  assert "a one-token prompt would need" in capsys.readouterr().err
