@@ -170,9 +170,16 @@ def check_request(req: Request, cfg, markers: window.Markers, max_seq_len: int,
     raise Z1Error(f"request {_short(req.id)}: {e}") from None
 
 
-def _int_field(req: Request, field: str, minimum: int, maximum: int = INT32_MAX):
+def _int_field(req: Request, field: str, minimum: int, maximum: int | None = INT32_MAX):
+  """An integer field in [minimum, maximum] (no maximum: lengths, bounded by the model's
+  positions right after, which names the real limit)."""
   value = getattr(req, field)
-  if value is not None and (not _is_int(value) or not minimum <= value <= maximum):
+  if value is None:
+    return None
+  if maximum is None:
+    if not _is_int(value) or value < minimum:
+      raise Z1Error(f"{field}={_short(value)}: expected an integer >= {minimum}")
+  elif not _is_int(value) or not minimum <= value <= maximum:
     upper = "2**31)" if maximum == INT32_MAX else f"{maximum}]"
     raise Z1Error(f"{field}={_short(value)}: expected an integer in [{minimum}, {upper}")
   return value
@@ -200,8 +207,8 @@ def _check(req: Request, cfg, markers: window.Markers, max_seq_len: int,
   if req.mode not in budget_lib.MODES:
     raise Z1Error(f"mode={req.mode!r}: expected one of {budget_lib.MODES}")
   for field in ("thinking_budget", "answer_tokens"):
-    _int_field(req, field, 1)
-  _int_field(req, "max_new_tokens", 0 if req.prompt_logprobs is not None else 1)
+    _int_field(req, field, 1, None)
+  _int_field(req, "max_new_tokens", 0 if req.prompt_logprobs is not None else 1, None)
   if req.thinking_budget is None:
     if req.mode == "s1":
       raise Z1Error("mode='s1' needs a thinking_budget")
