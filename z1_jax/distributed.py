@@ -59,7 +59,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if hosts is not None and hosts > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()
     if hosts and jax.process_count() != hosts:
-      raise Z1Error(f"this TPU slice has {hosts} hosts but the JAX runtime sees "
+      raise Z1Error(f"this TPU slice has {hosts} TPU VMs (one JAX process each) but the JAX runtime sees "
                     f"{jax.process_count()} process(es): start the command on every worker "
                     "(`gcloud compute tpus tpu-vm ssh ... --worker=all`, as `z1 launch` does)")
 

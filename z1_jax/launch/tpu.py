@@ -403,7 +403,8 @@ def launch_tpu(args, out=None) -> int:
   g = Gcloud(args.project, args.dry_run, out)
   root = repo_root()
   sha = pinned_commit(root, args.commit, args.allow_dirty)
-  g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {acc.hosts} workers) as "
+  workers = f"{acc.hosts} worker{'s' if acc.hosts > 1 else ''}"  # one TPU VM, one process each
+  g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {workers}) as "
          f"{tpu.name} in {tpu.zone}, code at {sha[:12]}")
   check_datasets(str(config), overrides, root, sha, g.note)
   plan_gate(str(config), overrides, acc.name, args.skip_plan, g.note)
