@@ -185,8 +185,9 @@ class Plan:
       ici = ("" if self.comm_s is None else f", ICI {self.comm_s:.3g} s at "
              f"{self.ici_bytes_per_s / 1e9:.0f} GB/s per chip, full overlap")
       lines.append(f"bound           step >= {self.step_lower_bound_s:.3g} s (compiled work "
-                   f"{self.compute_s:.3g} s at peak{ici}): MFU <= {self.mfu_upper_bound:.0%}; "
-                   f"a run's step_time_s of T s reaches {self.step_lower_bound_s:.3g}/T of it")
+                   f"{self.compute_s:.3g} s at peak{ici}): MFU <= {self.mfu_upper_bound:.0%}; a "
+                   f"run with step_time_s T uses {self.step_lower_bound_s:.3g}/T of the "
+                   "chips' peak")
     if self.other_meshes:
       lines.append("other meshes    " + "; ".join(
           ",".join(f"{a}={s}" for a, s in m.items()) for m in self.other_meshes))
