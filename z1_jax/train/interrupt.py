@@ -19,8 +19,10 @@ process or on every process of a pod, and peers that die.
   SIGTERMs after the first; it is disabled, `z1_jax.distributed.initialize`).
 - A peer that dies (no heartbeat for `peer_timeout_s`) or leaves with an error stops every
   process now with an error naming it (exit 1), instead of hanging in the next collective
-  until JAX's own watchdog aborts it (100 s). If process 0 dies, the distributed runtime it
-  hosts ends the others at once (JAX's own message: the leader task died).
+  until JAX's own watchdog aborts it (100 s). A collective that fails first because the
+  peer's connection dropped (gloo: "Connection closed by peer") waits for that verdict before
+  its error ends the process. If process 0 dies, the distributed runtime it hosts ends the
+  others at once (JAX's own message: the leader task died).
 
 Signals are read by a watcher thread from `signal.set_wakeup_fd`, so they act while the main
 thread is inside a long C call (compiling, waiting on a collective), where a Python signal
@@ -40,6 +42,8 @@ import threading
 import time
 
 import jax
+
+from z1_jax.errors import Z1Error
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 POLL_S = 1.0  # the watcher's heartbeat and peer-check interval
@@ -121,6 +125,14 @@ class StopSignals:
   def __exit__(self, exc_type, exc, tb) -> None:
     if self._watcher is None:
       return
+    if (self.multi and exc_type is not None and issubclass(exc_type, Exception) and
+        not issubclass(exc_type, Z1Error)):
+      # A collective fails as soon as a peer's connection drops ("Gloo ... Connection closed by
+      # peer"): before that error ends this process, give the watcher the time it needs to
+      # name the peer that died (it then stops every process, exit 1).
+      deadline = time.monotonic() + self.peer_timeout_s + 3 * POLL_S
+      while time.monotonic() < deadline:
+        time.sleep(0.1)
     self._done.set()
     self._begun.set()  # releases an agreement still waiting for this process's first step
     self._sockets[1].send(b"\0")  # wakes the watcher
