@@ -9,8 +9,9 @@ printed as a Markdown table.
   python scripts/plan_table.py [--out plans.jsonl] [--only v5p-8,v6e-8] [--seq 8192,16384]
                                [--speed]
 
-`--speed` prints the predicted-speed table instead: collective bytes per chip per step and the
-roofline bound (see `z1_jax/train/plan.py`'s docstring for the assumptions).
+`--speed` prints the predicted-speed table instead: collective bytes per chip per step, the
+model and compiled (hardware) FLOPs, and the step-time bound (see `z1_jax/train/plan.py`'s
+docstring for what is counted and assumed).
 """
 
 import argparse
@@ -68,8 +69,8 @@ def table(rows: list[dict]) -> str:
 def speed_table(rows: list[dict]) -> str:
   gib = lambda b: f"{b / 2**30:.1f}"
   out = ["| slice | chips | seq | all-gather | reduce-scatter | all-reduce | permute | wire GiB | "
-         "compute s | ICI s | step >= s | MFU <= |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "ICI s | model s | hardware / model | compiled work s | step >= s | MFU <= |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   rows = [p for p in rows if p.get("collectives") and not p.get("extra")]
   for p in sorted(rows, key=lambda p: (p["seq_len"], SLICES.index(p["target"]))):
     c = p["collectives"]
@@ -77,7 +78,8 @@ def speed_table(rows: list[dict]) -> str:
     out.append(f"| {p['target']} | {p['chips']} | {p['seq_len']} | "
                + " | ".join(f"{gib(c[k]['bytes'])}" for k in
                             ("all-gather", "reduce-scatter", "all-reduce", "collective-permute"))
-               + f" | {gib(wire)} | {p['ideal_step_s']:.2f} | {p['comm_s']:.2f} | "
+               + f" | {gib(wire)} | {p['comm_s']:.2f} | {p['ideal_step_s']:.2f} | "
+               f"{p['hardware_ratio']:.2f} | {p['compute_s']:.2f} | "
                f"{p['step_lower_bound_s']:.2f} | {p['mfu_upper_bound']:.0%} |")
   return "\n".join(out)
 

@@ -26,24 +26,27 @@ def _script(argv):
   return next(a for a in argv if a.startswith("--command="))
 
 
-@pytest.mark.parametrize("accelerator,zone,tier,create", [
+@pytest.mark.parametrize("accelerator,zone,tier,create,header", [
     ("v4-32", "us-central2-b", [],
      "gcloud compute tpus tpu-vm create z1-run --zone=us-central2-b --accelerator-type=v4-32 "
-     "--version=tpu-ubuntu2204-base"),
+     "--version=tpu-ubuntu2204-base", "v4-32 (16 chips, 4 workers)"),
     ("v5e-16", "us-east1-d", ["--spot"],
      "gcloud compute tpus queued-resources create z1-run --node-id=z1-run --zone=us-east1-d "
-     "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite --spot"),
+     "--accelerator-type=v5litepod-16 --runtime-version=v2-alpha-tpuv5-lite --spot",
+     "v5litepod-16 (16 chips, 4 workers)"),  # 4-chip VMs (xpk chips_per_vm = 4)
     ("v5p-64", "us-east5-a", ["--reserved", "--project", "my-proj"],
      "gcloud compute tpus queued-resources create z1-run --node-id=z1-run --zone=us-east5-a "
-     "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --reserved --project=my-proj"),
+     "--accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5 --reserved --project=my-proj",
+     "v5p-64 (32 chips, 8 workers)"),
     ("v6e-8", "europe-west4-a", ["--no-queued"],
      "gcloud compute tpus tpu-vm create z1-run --zone=europe-west4-a --accelerator-type=v6e-8 "
-     "--version=v2-alpha-tpuv6e"),
+     "--version=v2-alpha-tpuv6e", "v6e-8 (8 chips, 1 worker)"),  # one 8-chip VM
 ])
-def test_dry_run_commands_per_accelerator(capsys, accelerator, zone, tier, create):
+def test_dry_run_commands_per_accelerator(capsys, accelerator, zone, tier, create, header):
   cmds, out = _dry(capsys, "--accelerator", accelerator, "--zone", zone, *tier,
                    "train.global_batch=256")
   assert create in cmds
+  assert f"# z1 launch tpu: {header} as z1-run" in out
   verbs = [" ".join(shlex.split(c)[3:5]) for c in cmds]
   # describe (reuse check), create, [wait], ship, install, run, stream worker 0's log
   assert verbs[0].endswith("describe") and verbs[-4:] == ["tpu-vm scp", "tpu-vm ssh",

@@ -128,3 +128,21 @@ def test_v5e_recipe_is_the_7b_recipe_with_one_row_per_chip():
   v5e = load_config(configs / "z1-qwen2.5-coder-7b-v5e-16.toml").to_dict()
   assert v5e["train"].pop("grad_accum") == 8 and base["train"].pop("grad_accum") == 4
   assert v5e == base
+
+
+def test_the_run_config_imports_nothing_from_the_trainer():
+  """`z1_jax.train` reads `z1_jax.config`; the config reads nothing back (issue 25: there was
+  an import circle through `train.observe`). Checked in a fresh interpreter, validating a
+  config that uses every check (the profile window included)."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = str(Path(__file__).resolve().parents[1])
+  code = ("import sys; from z1_jax.config import load_config; "
+          "load_config(None, ['train.profile_steps=\"1:2\"', 'model.remat_policy=\"full\"']); "
+          "print(sorted(m for m in sys.modules if m.startswith('z1_jax.train')))")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": root})
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip() == "[]"

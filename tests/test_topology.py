@@ -1,7 +1,10 @@
 """Cloud TPU slice names, compile-only topology meshes, and the command line's platform choice."""
 
+import collections
+import math
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -29,29 +32,62 @@ def test_cloud_tpu_names(name, topology, chips, config, wrap):
   assert acc.hbm_bytes > 15 * 2**30
 
 
-# Cloud TPU's v5e and v6e configuration tables: 8 chips per host from 8 chips up; the 1- and
-# 4-chip slices are one (smaller) VM. v4 / v5p hosts carry 4 chips.
-@pytest.mark.parametrize("name, hosts", [
-    ("v5litepod-1", 1), ("v5litepod-4", 1), ("v5litepod-8", 1), ("v5e-16", 2), ("v5e-32", 4),
-    ("v5e-64", 8), ("v5e-128", 16), ("v5e-256", 32), ("v6e-1", 1), ("v6e-4", 1), ("v6e-8", 1),
-    ("v6e-16", 2), ("v6e-32", 4), ("v6e-64", 8), ("v6e-128", 16), ("v6e-256", 32),
-    ("v5p-8", 1), ("v5p-16", 2), ("v5p-64", 8), ("v4-8", 1), ("v4-32", 4),
-])
-def test_slice_host_counts_follow_cloud_tpu(name, hosts):
-  assert accelerator(name).hosts == hosts
+# The public tables, written out here (not read back from z1_jax.topology): slice -> (chips,
+# chips per TPU VM, VMs per slice). One JAX process runs per VM, so VMs are `z1 launch`'s workers
+# and what `jax.process_count()` sees.
+# - Levanter's TPU table (stanford-crfm/levanter src/levanter/infra/tpus.py, TPU_CONFIGS:
+#   name, chip_count, host_count, vm_count, chips_per_vm), e.g. ("v5litepod-16", 16, 2, 4, 4):
+#   2 physical hosts, 4 VMs of 4 chips; ("v5litepod-8", 8, 1, 1, 8); ("v6e-16", 16, 4, 4, 4).
+# - xpk (AI-Hypercomputer/xpk src/xpk/core/system_characteristics.py): chips_per_vm = 1 for a
+#   1-chip slice, else 4, for every slice built of ct5lp-hightpu-4t / ct6e-standard-4t /
+#   ct5p-hightpu-4t / ct4p-hightpu-4t machines; vms_per_slice = chips / chips_per_vm.
+# - MaxText (AI-Hypercomputer/maxtext MaxText/accelerator_to_spec_map.py):
+#   chips_per_host_bounds (2, 2, 1) for v5e-16 .. v5e-256, v6e-256, every v4 and v5p slice.
+# - The single-host v5e / v6e slices of 4 and 8 chips are one VM (ct5lp-hightpu-4t / -8t,
+#   Cloud TPU's v5e and v6e pages; Levanter: v5litepod-4 and -8 have vm_count 1).
+PUBLIC_SLICES = {
+    "v4-8": (4, 4, 1), "v4-16": (8, 4, 2), "v4-32": (16, 4, 4), "v4-64": (32, 4, 8),
+    "v4-128": (64, 4, 16), "v4-256": (128, 4, 32),
+    "v5p-8": (4, 4, 1), "v5p-16": (8, 4, 2), "v5p-32": (16, 4, 4), "v5p-64": (32, 4, 8),
+    "v5p-128": (64, 4, 16), "v5p-256": (128, 4, 32), "v5p-512": (256, 4, 64),
+    "v5litepod-1": (1, 1, 1), "v5litepod-4": (4, 4, 1), "v5litepod-8": (8, 8, 1),
+    "v5litepod-16": (16, 4, 4), "v5litepod-32": (32, 4, 8), "v5litepod-64": (64, 4, 16),
+    "v5litepod-128": (128, 4, 32), "v5litepod-256": (256, 4, 64),
+    "v6e-1": (1, 1, 1), "v6e-4": (4, 4, 1), "v6e-8": (8, 8, 1), "v6e-16": (16, 4, 4),
+    "v6e-32": (32, 4, 8), "v6e-64": (64, 4, 16), "v6e-128": (128, 4, 32),
+    "v6e-256": (256, 4, 64),
+}
 
 
-def test_compile_only_topology_has_the_slice_host_count():
-  """libtpu agrees: the compile-only devices of v5e-16 belong to 2 processes of 8 chips."""
+@pytest.mark.parametrize("name", sorted(PUBLIC_SLICES))
+def test_slice_vms_follow_the_public_tables(name):
+  chips, per_vm, vms = PUBLIC_SLICES[name]
+  acc = accelerator(name)
+  assert (acc.chips, math.prod(acc.chips_per_host), acc.hosts) == (chips, per_vm, vms)
+  assert accelerator(name.replace("v5litepod", "v5e")) == acc
+
+
+def test_every_slice_the_readme_names_is_in_the_public_table():
+  text = (pathlib.Path(ROOT) / "README.md").read_text()
+  named = {m.replace("v5e-", "v5litepod-") for m in
+           re.findall(r"\b(?:v4|v5p|v5e|v5litepod|v6e)-\d+\b", text)}
+  assert {"v5litepod-16", "v5p-64", "v6e-8"} <= named
+  assert sorted(named - set(PUBLIC_SLICES)) == []
+
+
+@pytest.mark.parametrize("name", ["v5e-16", "v6e-16", "v5e-32"])
+def test_compile_only_topology_has_one_process_per_vm(name):
+  """libtpu's compile-only devices of a multi-host v5e / v6e slice belong to one process per
+  4-chip VM, as on the real slice; a v5litepod-8 is one process of 8 chips."""
   from z1_jax.topology import topology_devices
-  devices = topology_devices("v5e-16")
-  assert sorted({d.process_index for d in devices}) == [0, 1]
-  assert len(topology_devices("v5litepod-8")) == 8 and {
-      d.process_index for d in topology_devices("v5litepod-8")} == {0}
+  chips, per_vm, vms = PUBLIC_SLICES[name.replace("v5e-", "v5litepod-")]
+  by_process = collections.Counter(d.process_index for d in topology_devices(name))
+  assert by_process == {i: per_vm for i in range(vms)}
+  assert collections.Counter(d.process_index for d in topology_devices("v5litepod-8")) == {0: 8}
 
 
 def test_distributed_start_on_a_multi_host_slice(monkeypatch):
-  """A Cloud TPU VM of a 2-host slice calls jax.distributed.initialize() (JAX finds its peers);
+  """A Cloud TPU VM of a 4-VM slice calls jax.distributed.initialize() (JAX finds its peers);
   if the runtime then sees one process, the command stops instead of training alone."""
   import jax
   import z1_jax.distributed as dist
@@ -60,8 +96,8 @@ def test_distributed_start_on_a_multi_host_slice(monkeypatch):
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
   monkeypatch.setattr("z1_jax.topology.tpu_chips_on_host", lambda: True)
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
-  assert dist.slice_hosts() == 2
-  with pytest.raises(Z1Error, match="has 2 hosts but the JAX runtime sees 1 process"):
+  assert dist.slice_hosts() == 4
+  with pytest.raises(Z1Error, match=r"has 4 TPU VMs \(one JAX process each\) but the JAX runtime sees 1 process"):
     dist.initialize()
   assert calls == [((), {})]
   monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")  # one host: no distributed start

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from train_helpers import TINY, arith_overrides, losses, write_arith
+from train_helpers import TINY, arith_overrides, losses, train_small_tokenizer, write_arith
 from z1_jax.config import load_config
 from z1_jax.model.qwen2 import create_model
 from z1_jax.model.sharding import MESH_AXES, make_mesh
@@ -37,12 +37,18 @@ def arith(tmp_path_factory):
 
 
 def test_loss_falls_on_sample_data(tmp_path):
-  cfg = load_config(TINY, ["train.max_steps=9", "train.epochs=3", "checkpoint.every_steps=100"])
+  from z1_jax.data.format import render_prompt, render_target
+  from z1_jax.data.sources import read_examples, sample_dataset_path
+  texts = [render_prompt(e.question) + render_target(e.response)
+           for e in read_examples(str(sample_dataset_path()))]
+  tok = train_small_tokenizer(texts, tmp_path / "tokenizer")
+  cfg = load_config(TINY, ["train.max_steps=9", "train.epochs=3", "checkpoint.every_steps=100",
+                           f"data.tokenizer={json.dumps(str(tok))}", 'model.preset="z1-demo"'])
   summary = train(cfg, tmp_path / "run", mesh=make_mesh(4, 1, 1, devices=jax.devices()[:4]),
                   progress=False)
   curve = losses(tmp_path / "run")
   assert summary["step"] == 9 and len(curve) == 9
-  assert curve[-1] < curve[0] - 0.7  # from ~11.9 (uniform over 152k tokens)
+  assert curve[-1] < curve[0] - 0.7  # from ~6.0 (uniform over 384 tokens)
   assert np.mean(curve[-3:]) < np.mean(curve[3:6]) < np.mean(curve[:3])  # steadily
   lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   rows = [r for r in lines if "step" in r]
@@ -74,8 +80,8 @@ def _batch(cfg, seed=0):
   pos = np.concatenate([np.arange(length // 2), np.arange(length - length // 2)])[None]
   mask = (seg > 0).astype(np.int32)
   mask[:, :5] = 0  # prompt
-  return {"inputs": rng.randint(0, 151000, (g, length)).astype(np.int32),
-          "targets": rng.randint(0, 151000, (g, length)).astype(np.int32),
+  return {"inputs": rng.randint(0, VOCAB, (g, length)).astype(np.int32),
+          "targets": rng.randint(0, VOCAB, (g, length)).astype(np.int32),
           "segment_ids": seg, "positions": np.broadcast_to(pos, (g, length)).astype(np.int32),
           "loss_mask": mask}
 
@@ -100,8 +106,9 @@ def _close(a, b):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
 
 
+VOCAB = 384  # the z1-demo preset's: one step's work is the layers, not a 152k LM head
 STEP_CFG = ["data.seq_len=32", "train.global_batch=8", "train.peak_lr=1e-3",
-            "train.warmup_steps=0"]
+            "train.warmup_steps=0", 'model.preset="z1-demo"']
 
 
 def test_accumulation_and_sharding_match_one_device_one_batch():
@@ -115,8 +122,7 @@ def test_accumulation_and_sharding_match_one_device_one_batch():
 
 
 def test_bf16_compute_moves_fp32_master_weights_at_lr_1e5():
-  over = STEP_CFG + ["train.peak_lr=1e-5", "train.schedule=\"constant\"", "model.dtype=bfloat16",
-                     "model.preset=tiny"]
+  over = STEP_CFG + ["train.peak_lr=1e-5", "train.schedule=\"constant\"", "model.dtype=bfloat16"]
   cfg = load_config(TINY, over)
   ts = build_train_step(cfg, one_device())
   model = create_model(ts.model_cfg, ts.rules, seed=1)
@@ -198,7 +204,7 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   import transformers
   from z1_jax.checkpoint.orbax_io import load_params
   torch.manual_seed(0)
-  hf_cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=32, intermediate_size=64,
+  hf_cfg = transformers.Qwen2Config(vocab_size=384, hidden_size=32, intermediate_size=64,
                                     num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, tie_word_embeddings=False,
                                     max_position_embeddings=128)
@@ -212,7 +218,7 @@ def test_finetune_from_hf_export_reload_in_transformers(tmp_path, arith):
   assert main(["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "run" / "checkpoints" / "2"),
                "--out", str(tmp_path / "export"), "--dtype", "float32"]) == 0  # a step dir
   hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "export").eval()
-  tokens = np.random.RandomState(0).randint(0, 151936, (4, 24)).astype(np.int32)
+  tokens = np.random.RandomState(0).randint(0, 384, (4, 24)).astype(np.int32)
   with torch.no_grad():
     ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(np.asarray(model(tokens)), ref, rtol=1e-4, atol=1e-4)

@@ -87,9 +87,7 @@ def test_changed_dataset_is_refused_unless_allowed(tmp_path, arith, capsys):
   record = json.loads((run / "z1_run.json").read_text())["data"]
   assert record["rows"] == 32 and len(record["packed"]) == 64
   other = write_arith(tmp_path / "arith.jsonl", n=40, seed=1)  # same settings, other rows
-  changed = arith_overrides(other)
-  changed = [o for o in changed if not o.startswith("data.dataset")] + [
-      f"data.dataset={json.dumps(str(arith))}"]
+  changed = arith_overrides(arith)
   arith.with_name("keep").write_bytes(arith.read_bytes())
   arith.write_bytes(other.read_bytes())  # the same path, other content
   try:
@@ -109,7 +107,7 @@ def test_changed_dataset_is_refused_unless_allowed(tmp_path, arith, capsys):
 
 def test_vocabulary_smaller_than_the_tokenizer_is_refused_before_compiling(tmp_path, arith,
                                                                            capsys):
-  over = arith_overrides(arith, **{"model.preset": '"z1-demo"'})
+  over = arith_overrides(arith, qwen=True, **{"model.preset": '"z1-demo"'})
   assert main(["train", "--config", str(TINY), "--out", str(tmp_path / "run"), *over]) == 2
   err = capsys.readouterr().err
   assert "data.tokenizer (the bundled Qwen2.5 tokenizer) produces token id" in err

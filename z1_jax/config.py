@@ -84,6 +84,9 @@ class TrainSection:
   compilation_cache: str = ""
   profile_steps: str = ""  # "A:B": jax.profiler trace of steps A..B into <out>/tb; "": none
   resume_on_changed_data: bool = False  # resume even though the data's fingerprint changed
+  # several processes: a peer with no heartbeat for this long stops the run with an error
+  # naming it (train/interrupt.py)
+  peer_timeout_s: float = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +132,7 @@ _CHOICES = {
     "train.opt_state_dtype": ("float32", "bfloat16"),
 }
 _POSITIVE = ("data.seq_len", "train.epochs", "train.global_batch", "train.grad_accum",
-             "checkpoint.every_steps", "checkpoint.keep", "train.peak_lr")
+             "checkpoint.every_steps", "checkpoint.keep", "train.peak_lr", "train.peer_timeout_s")
 _NON_NEGATIVE = ("train.max_steps", "train.warmup_steps", "train.decay_steps",
                  "train.min_lr_ratio", "train.weight_decay", "train.max_grad_norm",
                  "train.eval_every", "train.eval_batches", "train.peak_flops_per_device",
@@ -209,7 +212,6 @@ def _validate(cfg: RunConfig) -> None:
     raise ConfigError(f"{where}: train.adam_eps = {t.adam_eps!r}: expected a value > 0")
   if not 0 <= t.seed < 2**31:
     raise ConfigError(f"{where}: train.seed = {t.seed!r}: expected 0 <= seed < 2**31")
-  from z1_jax.train.observe import parse_profile_steps
   parse_profile_steps(t.profile_steps, f"{where}: train.profile_steps")
   if not 0 <= t.min_lr_ratio <= 1:
     raise ConfigError(f"{where}: train.min_lr_ratio = {t.min_lr_ratio}: expected 0..1")
@@ -230,6 +232,21 @@ def _validate(cfg: RunConfig) -> None:
                       f"{', '.join(sorted(PRESETS))}")
   if not cfg.model.preset and not cfg.model.hf_checkpoint:
     raise ConfigError(f"{where}: set model.preset (scratch init) or model.hf_checkpoint")
+
+
+def parse_profile_steps(text: str, where: str = "train.profile_steps") -> tuple[int, int] | None:
+  """`train.profile_steps`: "A:B" -> (A, B), optimizer steps 1 <= A <= B; "" -> None."""
+  if not text:
+    return None
+  parts = text.split(":")
+  try:
+    first, last = (int(p) for p in parts)
+  except ValueError:
+    first = last = 0
+  if len(parts) != 2 or not 1 <= first <= last:
+    raise ConfigError(f"{where} = {text!r}: expected \"A:B\", optimizer steps 1 <= A <= B "
+                      "(e.g. \"10:15\"), or \"\" for none")
+  return first, last
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -9,8 +9,8 @@ do nothing. `install()` sets our own handlers whatever was inherited:
   `cli.main` exits 143 (128 + 15).
 
 The trainer finishes its step first: `train.interrupt.StopSignals` replaces these handlers
-around its loop (records the signal, saves at the step boundary, exits 130/143) and restores
-them after; a second signal falls back to these (stop at once).
+for the whole of `z1 train` (the first signal stops every process after the same step, saved;
+a second one stops every process at once; exit 130/143) and restores them after.
 """
 
 from __future__ import annotations

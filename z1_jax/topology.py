@@ -74,7 +74,7 @@ class Accelerator:
   generation: Generation
   chips: int
   grid: tuple[int, ...]  # chips along each torus axis
-  chips_per_host: tuple[int, int, int]
+  chips_per_host: tuple[int, int, int]  # chips of one TPU VM (one JAX process)
   wrap: tuple[bool, bool, bool]  # wrap-around links (full torus) per axis
 
   @property
@@ -91,6 +91,7 @@ class Accelerator:
 
   @property
   def hosts(self) -> int:
+    """TPU VMs of the slice: the JAX processes (`z1 launch`'s workers)."""
     return max(1, self.chips // math.prod(self.chips_per_host))
 
 
@@ -102,9 +103,17 @@ def _make(gen: Generation, name: str, chips: int) -> Accelerator:
   else:
     grid = _GRIDS_2D[chips]
     wrap = tuple(d >= 16 for d in grid) + (False,)
-  per_host = (1, 1, 1) if chips == 1 else (2, 2, 1)
-  if gen.dims == 2 and chips >= 8:
-    per_host = (2, 4, 1)  # v5e / v6e hosts carry 8 chips (Cloud TPU's configuration tables)
+  # One JAX process per TPU VM. v4 / v5p VMs carry 4 chips (2x2x1). v5e / v6e: slices of 1, 4
+  # and 8 chips are one VM holding them all (`ct5lp-hightpu-1t/-4t/-8t`); every larger slice is
+  # made of 4-chip VMs (`ct5lp-hightpu-4t`, `ct6e-standard-4t`), so v5litepod-16 is 4 VMs
+  # (xpk's chips_per_vm = 4, MaxText's chips_per_host_bounds (2, 2, 1)). Cloud TPU's v5e page
+  # counts 2 physical hosts for v5litepod-16: each carries two such VMs.
+  if chips == 1:
+    per_host = (1, 1, 1)
+  elif gen.dims == 2 and chips == 8:
+    per_host = (2, 4, 1)
+  else:
+    per_host = (2, 2, 1)
   return Accelerator(name, gen, chips, grid, per_host, wrap)
 
 

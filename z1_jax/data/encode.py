@@ -15,6 +15,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -62,10 +63,13 @@ class Encoded:
 
 
 def encode_texts(tokenizer, examples: list[Example], cfg: EncodeConfig, chunk: int = 512,
-                 progress: bool = True) -> Encoded:
+                 progress: bool = True, on_progress: Callable[[str], None] | None = None
+                 ) -> Encoded:
   ids, prompt_lens, sources = [], [], []
   bar = tqdm(total=len(examples), desc="tokenize", unit="ex", disable=not progress)
   for start in range(0, len(examples), chunk):
+    if on_progress is not None:
+      on_progress(f"tokenized {start} of {len(examples)}")
     part = examples[start:start + chunk]
     prompts = tokenizer([render_prompt(e.question, cfg.system_prompt) for e in part],
                         add_special_tokens=False)["input_ids"]
@@ -99,8 +103,13 @@ def _cache_key(cfg: EncodeConfig, tokenizer) -> str:
 
 
 def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None,
-                   tokenizer=None, progress: bool = True) -> Encoded:
-  """Reads, checks and tokenizes the dataset; reuses `cache_dir/tokenized-<key>.npz` if there."""
+                   tokenizer=None, progress: bool = True,
+                   on_progress: Callable[[str], None] | None = None) -> Encoded:
+  """Reads, checks and tokenizes the dataset; reuses `cache_dir/tokenized-<key>.npz` if there.
+  `on_progress(text)` is told how far it got: at each stage, every 1,000 examples read and
+  every 512 tokenized."""
+  tell = on_progress or (lambda text: None)
+  tell("loading the tokenizer")
   tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
   cache = None
   if cache_dir is not None:
@@ -115,13 +124,19 @@ def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None
         print(f"z1: ignoring unreadable tokenization cache {cache} ({type(e).__name__}: {e}); "
               "it will be rewritten", file=sys.stderr)
   stats = ReadStats()
-  examples = list(read_examples(cfg.dataset, cfg.columns, cfg.on_bad_row, cfg.split, stats))
+  examples = []
+  tell(f"reading {cfg.dataset}")
+  for example in read_examples(cfg.dataset, cfg.columns, cfg.on_bad_row, cfg.split, stats):
+    examples.append(example)
+    if len(examples) % 1000 == 0:
+      tell(f"read {len(examples)} examples")
   if not examples:
     raise DataError(f"{cfg.dataset}: no usable examples ({stats.skipped} skipped"
                     f"{': ' + stats.errors[0] if stats.errors else ', the input is empty'})")
-  encoded = encode_texts(tokenizer, examples, cfg, progress=progress)
+  encoded = encode_texts(tokenizer, examples, cfg, progress=progress, on_progress=on_progress)
   encoded.skipped = stats.skipped
   if cache is not None:
+    tell(f"writing {cache}")
     arrays = dict(tokens=encoded.tokens, offsets=encoded.offsets,
                   prompt_lens=encoded.prompt_lens, sources=np.asarray(encoded.sources),
                   skipped=np.asarray(encoded.skipped))
@@ -135,18 +150,76 @@ def encode_dataset(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None
   return encoded
 
 
+# How long the other processes wait for process 0 to tokenize without any sign of progress
+# (its progress markers come every 1,000 examples read and 512 tokenized; reading a hub dataset
+# can be silent for its download).
+SHARED_STALL_TIMEOUT_S = 1800.0
+
+
 def encode_shared(cfg: EncodeConfig, cache_dir: str | os.PathLike | None = None,
                   tokenizer=None, progress: bool = True) -> Encoded:
   """`encode_dataset` for a multi-process run: with a `cache_dir`, process 0 tokenizes and
   writes the cache while the others wait, then they read it (a `gs://` or shared directory:
   the dataset is tokenized once for the whole pod; a per-host local directory: each other host
   finds no cache there and tokenizes for itself, which is correct, only slower). The trainer
-  then checks that every host packed the same rows (`train/data_identity.py`)."""
+  then checks that every host packed the same rows (`train/data_identity.py`).
+
+  The others wait on the distributed runtime's key-value store, not on a device collective
+  (gloo's first collective gives up after 30 s): process 0 posts a progress marker as it
+  reads and tokenizes, then "ok" or its error. A waiting process raises a Z1Error naming
+  process 0 as soon as process 0 reports an error, or when its progress marker has not moved
+  for SHARED_STALL_TIMEOUT_S; if process 0 dies, the distributed runtime (which it hosts)
+  ends the others at once."""
   import jax
+  from z1_jax import distributed
   if jax.process_count() == 1 or cache_dir is None:
     return encode_dataset(cfg, cache_dir, tokenizer, progress)
-  from jax.experimental import multihost_utils
-  lead = jax.process_index() == 0
-  encoded = encode_dataset(cfg, cache_dir, tokenizer, progress) if lead else None
-  multihost_utils.sync_global_devices("z1: tokenization cache written")
-  return encoded if lead else encode_dataset(cfg, cache_dir, tokenizer, progress=False)
+  client, key = distributed.client(), distributed.unique_key("encode")
+  if jax.process_index() == 0:
+    post = lambda text: client.key_value_set(f"{key}/progress", text, allow_overwrite=True)
+    try:
+      encoded = encode_dataset(cfg, cache_dir, tokenizer, progress, on_progress=post)
+    except BaseException as e:
+      client.key_value_set(f"{key}/status", f"{type(e).__name__}: {e}"[:2000])
+      try:  # let the others read it before this process, which hosts the store, exits
+        client.wait_at_barrier(f"{key}/error-read", 10_000)
+      except Exception:  # noqa: BLE001 - a peer that is gone cannot read it anyway
+        pass
+      raise
+    client.key_value_set(f"{key}/status", "ok")
+    return encoded
+  _wait_for_process_0(client, key, cfg.dataset)
+  return encode_dataset(cfg, cache_dir, tokenizer, progress=False)
+
+
+def _wait_for_process_0(client, key: str, dataset: str) -> None:
+  import time
+  from z1_jax.distributed import missing
+  marker, moved = None, time.monotonic()
+  while True:
+    try:
+      status = client.blocking_key_value_get(f"{key}/status", 1000)
+    except Exception as e:  # noqa: BLE001
+      if not missing(e):
+        raise
+      status = None
+    if status == "ok":
+      return
+    if status is not None:
+      try:
+        client.wait_at_barrier(f"{key}/error-read", 10_000)
+      except Exception:  # noqa: BLE001
+        pass
+      raise DataError(f"process 0 failed while tokenizing {dataset} for every process: {status}")
+    try:
+      now = client.key_value_try_get(f"{key}/progress")
+    except Exception as e:  # noqa: BLE001
+      if not missing(e):
+        raise
+      now = None
+    if now != marker:
+      marker, moved = now, time.monotonic()
+    elif time.monotonic() - moved > SHARED_STALL_TIMEOUT_S:
+      raise DataError(f"process 0 has shown no progress tokenizing {dataset} for "
+                      f"{SHARED_STALL_TIMEOUT_S:g} s (last: {marker or 'nothing yet'}); it hangs "
+                      "or cannot read the data")

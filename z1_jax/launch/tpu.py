@@ -323,14 +323,18 @@ STATUS_SCRIPT = (_running('echo "$(hostname): z1 train running (pid $(cat "' + R
 STOP_WAIT_S = 900
 _ALIVE = ('{ kill -0 "$pid" 2>/dev/null && '
           '[ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]; }')  # a zombie has exited
-# SIGINT to the trainer's process group (the trainer handles it like Ctrl-C), then wait until
-# it has exited: "stopped" is printed only then; still running after STOP_WAIT_S is exit 1.
+# SIGINT to the trainer's process group (the trainer handles it like Ctrl-C: every worker stops
+# after the same step and saves it), then wait until it has exited: "stopped" is printed only
+# then; still running after STOP_WAIT_S is exit 1. A second signal to any worker stops every
+# worker at once without saving (train/interrupt.py; tests/test_pod.py runs it on 2 processes),
+# which is what running stop again, or kill -TERM on one worker, does.
 STOP_SCRIPT = _running(
     f'pid="$(cat "{REMOTE_PID}")"; kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid"; '
     'echo "$(hostname): sent SIGINT to z1 train (pid $pid); waiting for it to exit"; '
     f'i=0; while {_ALIVE} && [ "$i" -lt {STOP_WAIT_S} ]; do sleep 1; i=$((i+1)); done; '
     f'if {_ALIVE}; then echo "$(hostname): z1 train (pid $pid) is still running after '
-    f'{STOP_WAIT_S}s; run stop again, or kill -TERM $pid" >&2; exit 1; fi; '
+    f'{STOP_WAIT_S}s; run z1 launch stop again (or kill -TERM $pid): a second signal stops '
+    'every worker at once, without saving this step" >&2; exit 1; fi; '
     f'rm -f "{REMOTE_PID}"; echo "$(hostname): z1 train stopped"',
     'echo "$(hostname): z1 train not running"')
 
@@ -403,7 +407,8 @@ def launch_tpu(args, out=None) -> int:
   g = Gcloud(args.project, args.dry_run, out)
   root = repo_root()
   sha = pinned_commit(root, args.commit, args.allow_dirty)
-  g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {acc.hosts} workers) as "
+  workers = f"{acc.hosts} worker{'s' if acc.hosts > 1 else ''}"  # one TPU VM, one process each
+  g.note(f"z1 launch tpu: {accelerator} ({acc.chips} chips, {workers}) as "
          f"{tpu.name} in {tpu.zone}, code at {sha[:12]}")
   check_datasets(str(config), overrides, root, sha, g.note)
   plan_gate(str(config), overrides, acc.name, args.skip_plan, g.note)

@@ -2,9 +2,10 @@
 
 Recorded in the run's `z1_run.json`; a resumed run whose data differs is refused (its schedule
 length and shuffle order would change), unless `train.resume_on_changed_data = true`. On a pod
-the hosts compare their fingerprints before training, so a host that read another file (a
-local path that differs per host, a dataset updated in between) stops the run with a message
-instead of training on rows the others do not have.
+the hosts compare their fingerprints before training (through the distributed runtime's
+key-value store, no device collective), so a host that read another file (a local path that
+differs per host, a dataset updated in between) stops the run with a message instead of
+training on rows the others do not have.
 """
 
 from __future__ import annotations
@@ -34,14 +35,13 @@ def fingerprint(packed) -> dict:
 
 
 def check_same_on_every_host(fp: dict, what: str = "packed dataset") -> None:
-  """All processes hold the same `fp` (a no-op for one process), else a Z1Error on each."""
+  """All processes hold the same `fp` (a no-op for one process), else a Z1Error on each naming
+  the processes that differ. Compared through the distributed runtime's key-value store
+  (`distributed.gather`), as `train.loop.check_same_config` compares the configs."""
   import jax
-  if jax.process_count() == 1:
-    return
-  from jax.experimental import multihost_utils
-  digest = np.frombuffer(bytes.fromhex(fp["packed"])[:16], np.uint32)
-  every = np.asarray(multihost_utils.process_allgather(digest))
-  differ = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
+  from z1_jax.distributed import gather
+  every = gather("data", fp["packed"])
+  differ = [i for i, v in enumerate(every) if v != every[0]]
   if differ:
     raise Z1Error(f"the hosts do not hold the same {what}: process(es) {differ} differ from "
                   f"process 0 (this is process {jax.process_index()}: {fp['rows']} rows, "

@@ -35,7 +35,8 @@ _MAY_CHANGE = {"train.max_steps", "train.eval_every", "train.eval_batches",
                "train.peak_flops_per_device", "checkpoint.every_steps", "checkpoint.keep",
                "checkpoint.async_save", "mesh.data", "mesh.fsdp", "mesh.tensor",
                "model.remat_policy", "data.cache_dir", "data.eval_dataset", "data.eval_split",
-               "train.compilation_cache", "train.profile_steps", "train.resume_on_changed_data"}
+               "train.compilation_cache", "train.profile_steps", "train.resume_on_changed_data",
+               "train.peer_timeout_s"}
 # Fields of Qwen2Config that describe the architecture (a preset must agree with HF weights).
 _ARCH = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
          "num_kv_heads", "dim_per_head", "tie_word_embeddings")
@@ -163,21 +164,57 @@ def _vocab_check(packed, eval_packed, model_cfg, cfg: RunConfig) -> None:
                       "tokenizer or a model with a vocabulary that covers it")
 
 
+def check_same_config(cfg: RunConfig, out, record: dict | None = None) -> None:
+  """Every process runs the same resolved config into the same `--out` and found the same run
+  there (`record`, from `_check_out_dir`), else a ConfigError on each naming the processes and
+  what differs from process 0 (a no-op on one process). Also the point before which no process
+  writes: a process still checking `--out` cannot mistake another's first files for a foreign
+  directory."""
+  from z1_jax.distributed import gather
+  found = "nothing" if record is None else f"the run of {json.dumps(record['config'])[:80]}..."
+  mine = {"config": cfg.to_dict(), "out": str(out), "record": record, "found": found}
+  everyone = [json.loads(v) for v in gather("config", json.dumps(mine, sort_keys=True))]
+  lead = _flat(everyone[0]["config"]) | {"--out": everyone[0]["out"]}
+  differ = []
+  for process, theirs in enumerate(everyone[1:], start=1):
+    flat = _flat(theirs["config"]) | {"--out": theirs["out"]}
+    keys = [k for k in sorted(set(lead) | set(flat)) if lead.get(k) != flat.get(k)]
+    if keys:
+      differ.append(f"process {process}: " + ", ".join(
+          f"{k} = {flat.get(k)!r} (process 0: {lead.get(k)!r})" for k in keys[:5]))
+    elif theirs["record"] != everyone[0]["record"]:
+      differ.append(f"process {process} finds {theirs['found']} in --out {out} (process 0: "
+                    f"{everyone[0]['found']}): --out must be one directory every process "
+                    "shares (gs:// on a pod)")
+  if differ:
+    raise ConfigError(f"the processes do not run the same config (this is process "
+                      f"{jax.process_index()}): {'; '.join(differ)}. Start every process with "
+                      "the same --config, overrides and --out")
+
+
 def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
           progress: bool = True) -> dict:
   """Runs (or resumes) training into `out_dir`; returns a summary.
 
-  `summary["stopped_by"]` is "SIGINT", "SIGTERM" or "preemption" when a signal stopped the run
-  (the step it reached is saved), None when it ran to its target. A run already at or past its
-  target changes nothing and says so (`summary["already_done"]`)."""
+  `summary["stopped_by"]` is "SIGINT" or "SIGTERM" when a signal (on any process) stopped the
+  run (the step it reached is saved), None when it ran to its target. A run already at or past
+  its target changes nothing and says so (`summary["already_done"]`). Signals and peers are
+  watched for the whole call (`train/interrupt.py`)."""
+  from z1_jax.train.interrupt import StopSignals
+  with StopSignals(cfg.train.peer_timeout_s) as signals:
+    return _train(cfg, out_dir, mesh, progress, signals)
+
+
+def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) -> dict:
   from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
   from z1_jax.train.data_identity import check_resume, check_same_on_every_host, fingerprint
   from z1_jax.train.goodput import Goodput
-  from z1_jax.train.interrupt import StopSignals
-  from z1_jax.train.observe import ProfileWindow, parse_profile_steps, set_up_compilation_cache
+  from z1_jax.train.observe import ProfileWindow, set_up_compilation_cache
+  from z1_jax.config import parse_profile_steps
   good = Goodput()
   out = as_path(out_dir)  # a local directory, or gs:// shared by every host of a pod
   record = _check_out_dir(out, cfg)  # refuses a foreign or changed run before anything compiles
+  check_same_config(cfg, out, record)  # every process has checked --out before any writes
   mesh = mesh if mesh is not None else make_run_mesh(cfg)
   check_batch_fits(cfg, mesh)
   main = jax.process_index() == 0
@@ -186,6 +223,8 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   ckpt = Checkpointer(ckpt_root, cfg.checkpoint, create=False) if (
       record is not None and ckpt_root.is_dir()) else None
   latest = ckpt.latest_step() if ckpt is not None else None
+  signals.begin(latest or 0)  # a stop asked from here on comes after this attempt's first step
+  signals.last_saved = latest
   if latest is not None and t.max_steps and latest >= t.max_steps:
     ckpt.close()
     return _already_done(out, latest, t.max_steps, "train.max_steps")
@@ -286,53 +325,53 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
     t0 = time.perf_counter()
     ckpt.save(at, state, batches.get_state(), model_cfg)
     good.add("checkpointing", time.perf_counter() - t0)
+    signals.last_saved = at
 
   pending = None
   done_at = 0.0
   try:
-    with StopSignals() as signals:
-      while step < target:
-        t0 = time.perf_counter()
-        try:
-          batch = next(batches)
-        except StopIteration:
-          break
-        wait = time.perf_counter() - t0
-        good.add("data", wait)
-        profile.before(step + 1)
-        dispatched = time.perf_counter()
-        state, metrics = step_fn(state, {k: batch[k] for k in ROW_FIELDS})
-        step += 1
-        if pending is not None:  # the previous step's metrics, read after this one is queued
-          last = finish(pending)
-          profile.after(pending["step"])
-        pending = {"step": step, "metrics": metrics, "dispatched": dispatched,
-                   "data_wait_s": wait}
-        stopped_by = signals.stop_reason(step, ckpt.manager)
-        is_eval = eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
-                                               step == target)
-        if step % cfg.checkpoint.every_steps == 0 or step == target or is_eval or stopped_by:
-          last = finish(pending, write=not is_eval)  # checked finite before it is saved
-          profile.after(step)
-          pending = None
-          if step % cfg.checkpoint.every_steps == 0 or step == target or stopped_by:
-            save(step)
-            last_saved = step
-          if is_eval:
-            t_eval = time.perf_counter()
-            last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
-            good.add("eval", time.perf_counter() - t_eval)
-            log.write(last)
-          done_at = time.perf_counter()
-        if stopped_by:
-          break
-      if pending is not None:
+    while step < target:
+      t0 = time.perf_counter()
+      try:
+        batch = next(batches)
+      except StopIteration:
+        break
+      wait = time.perf_counter() - t0
+      good.add("data", wait)
+      profile.before(step + 1)
+      dispatched = time.perf_counter()
+      state, metrics = step_fn(state, {k: batch[k] for k in ROW_FIELDS})
+      step += 1
+      if pending is not None:  # the previous step's metrics, read after this one is queued
         last = finish(pending)
-        profile.after(pending["step"], force=True)
+        profile.after(pending["step"])
+      pending = {"step": step, "metrics": metrics, "dispatched": dispatched,
+                 "data_wait_s": wait}
+      stopped_by = signals.stop_reason(step)
+      is_eval = eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
+                                             step == target)
+      if step % cfg.checkpoint.every_steps == 0 or step == target or is_eval or stopped_by:
+        last = finish(pending, write=not is_eval)  # checked finite before it is saved
+        profile.after(step)
         pending = None
-      if step != last_saved and step > 0:
-        save(step)
-        last_saved = step
+        if step % cfg.checkpoint.every_steps == 0 or step == target or stopped_by:
+          save(step)
+          last_saved = step
+        if is_eval:
+          t_eval = time.perf_counter()
+          last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
+          good.add("eval", time.perf_counter() - t_eval)
+          log.write(last)
+        done_at = time.perf_counter()
+      if stopped_by:
+        break
+    if pending is not None:
+      last = finish(pending)
+      profile.after(pending["step"], force=True)
+      pending = None
+    if step != last_saved and step > 0:
+      save(step)
+      last_saved = step
   finally:
     profile.after(step, force=True)
     bar.close()

@@ -97,9 +97,14 @@ class MetricsLog:
   """`metrics.jsonl` (one object per step, flushed) and TensorBoard events; process 0 only.
 
   On Cloud Storage (a gs:// run directory), which cannot append, `metrics.jsonl` is rewritten
-  whole every `upload_every` steps and at the end; TensorBoard writes gs:// itself."""
+  whole every `upload_every` steps and at the end. TensorBoard events are handed to
+  tensorboardX's writer thread, which writes them and flushes the event file every
+  `tb_flush_secs` seconds and at `close()`: never on the training loop's thread (on gs:// each
+  flush re-uploads the whole event file), and at most that late in TensorBoard."""
 
   upload_every = 50
+  tb_flush_secs = 60
+  tb_queue = 10_000  # events the writer thread may lag behind (a slow upload) before add waits
 
   def __init__(self, out_dir: Path, resume_step: int, enabled: bool):
     self.enabled = enabled
@@ -110,7 +115,8 @@ class MetricsLog:
       return
     self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter
-    self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
+    self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1,
+                            flush_secs=self.tb_flush_secs, max_queue=self.tb_queue)
     self.remote = is_uri(out_dir)
     if self.remote:
       self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
@@ -158,7 +164,6 @@ class MetricsLog:
       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self.tb.add_scalar(f"train/{key}" if not key.startswith("eval") else key, value,
                            row["step"])
-    self.tb.flush()
 
   def close(self) -> None:
     if self.enabled:

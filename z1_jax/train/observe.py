@@ -4,16 +4,14 @@
   `<out>/compile_cache` (gs:// when the run directory is); "off" disables; any other value is
   the directory (local or gs://). Every executable is cached (no minimum compile time), so the
   second start of a run loads its step instead of compiling it.
-- `train.profile_steps = "A:B"`: a `jax.profiler` trace of optimizer steps A..B (1-based,
-  inclusive) into `<out>/tb/plugins/profile/` on every host, for TensorBoard's profile tab
+- `train.profile_steps = "A:B"` (parsed by `config.parse_profile_steps`): a `jax.profiler`
+  trace of optimizer steps A..B (1-based, inclusive) into `<out>/tb/plugins/profile/` on every host, for TensorBoard's profile tab
   (`pip install tensorboard tensorboard-plugin-profile; tensorboard --logdir <out>/tb`).
 """
 
 from __future__ import annotations
 
 import os
-
-from z1_jax.config import ConfigError
 
 
 def set_up_compilation_cache(setting: str, out) -> str | None:
@@ -29,20 +27,6 @@ def set_up_compilation_cache(setting: str, out) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return where
-
-
-def parse_profile_steps(text: str, where: str = "train.profile_steps") -> tuple[int, int] | None:
-  if not text:
-    return None
-  parts = text.split(":")
-  try:
-    first, last = (int(p) for p in parts)
-  except ValueError:
-    first = last = 0
-  if len(parts) != 2 or not 1 <= first <= last:
-    raise ConfigError(f"{where} = {text!r}: expected \"A:B\", optimizer steps 1 <= A <= B "
-                      "(e.g. \"10:15\"), or \"\" for none")
-  return first, last
 
 
 class ProfileWindow:

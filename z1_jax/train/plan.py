@@ -8,23 +8,35 @@ verdict is the answer: it fails with RESOURCE_EXHAUSTED (required vs available b
 message) when the step cannot fit in HBM. `plan_train(cfg, devices=N)` does the same on N host
 CPU devices (no libtpu needed; the budget is then this host's RAM split N ways).
 
-FLOPs per step come from the model formula (`train.metrics.train_flops_per_token`): the
-compiler's `cost_analysis()` counts a `scan` body once and cannot see into Pallas kernels.
+FLOPs per step, two counts:
+- model FLOPs: the formula `train.metrics.train_flops_per_token` (6 N + attention, the PaLM
+  convention `z1 train`'s MFU uses): the work the step must do;
+- hardware FLOPs: what the compiled program computes, read from its HLO (`z1_jax.hlo`): every
+  dot and convolution (the TPU compiler writes matmuls as convolutions) with loops counted per
+  trip (the layer scan, gradient accumulation, collective matmuls), so remat's recomputation
+  is in it; plus the Pallas kernels (splash attention), which no cost model sees into, counted
+  by the model formula's convention (full attention window; per forward call 4 x heads x
+  Sq x Skv x head_dim, the dq and dkv calls as much again each), once per call the program
+  makes (full remat calls the forward kernel twice). XLA's own `cost_analysis()` counts a loop
+  body once (28 layers as one) and is shown for reference only. Elementwise work (norms,
+  softmax outside Pallas, the optimizer) is not counted: it is HBM-bound, not FLOP-bound.
 
 Predicted speed (TPU targets): the collectives of the compiled step, per chip, from its HLO
 (`z1_jax.collectives`: all-gather, reduce-scatter, all-reduce, all-to-all sizes, loops counted
 per trip), and a roofline. Assumptions: every chip reaches the slice table's peak bf16 FLOP/s
-on the model FLOPs, collectives move their ring-algorithm bytes at the chip's full
-bidirectional ICI bandwidth, and compute and communication overlap perfectly; HBM traffic and
-remat recompute are ignored. So `step_lower_bound_s = max(compute_s, comm_s)` is a lower bound
-on the step time and `mfu_upper_bound = compute_s / step_lower_bound_s` an upper bound on MFU
-(1.0 when the step is compute-bound: then the bound says only that ICI is not the limit).
+on the hardware FLOPs, collectives move their ring-algorithm bytes at the chip's full
+bidirectional ICI bandwidth, and compute and communication overlap perfectly; HBM traffic is
+ignored. So `step_lower_bound_s = max(hardware compute at peak, comm_s)` is a lower bound on
+the step time a real run can reach (its `step_time_s` divided into this bound is the fraction
+of that ideal it attains), and `mfu_upper_bound = model compute at peak / step_lower_bound_s`
+an upper bound on its MFU: 1 / (hardware / model FLOPs), about 75% under full remat.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 import time
@@ -75,6 +87,9 @@ class Plan:
   other_meshes: tuple[dict[str, int], ...] = ()
   collectives: dict[str, dict[str, float]] | None = None  # kind -> count, bytes, wire_bytes
   ici_bytes_per_s: float | None = None  # per chip (TPU targets)
+  hardware_flops_per_step: float | None = None  # the compiled program's, all chips (see above)
+  xla_cost_flops_per_step: float | None = None  # XLA cost_analysis x chips: loop bodies once
+  uncounted_kernels: tuple[str, ...] = ()  # Pallas kernels whose FLOPs are not known
 
   @property
   def comm_s(self) -> float | None:
@@ -84,24 +99,44 @@ class Plan:
     return sum(c["wire_bytes"] for c in self.collectives.values()) / self.ici_bytes_per_s
 
   @property
+  def ideal_step_s(self) -> float:
+    """The model FLOPs at 100% of peak FLOP/s (what MFU counts)."""
+    return self.flops_per_step / self.peak_flops
+
+  @property
+  def hardware_ratio(self) -> float | None:
+    """Hardware FLOPs / model FLOPs: remat's recomputation and the like (1.0 = none)."""
+    if not self.hardware_flops_per_step:
+      return None
+    return self.hardware_flops_per_step / self.flops_per_step
+
+  @property
+  def compute_s(self) -> float | None:
+    """The hardware FLOPs at 100% of peak FLOP/s."""
+    if not self.hardware_flops_per_step:
+      return None
+    return self.hardware_flops_per_step / self.peak_flops
+
+  @property
   def step_lower_bound_s(self) -> float | None:
-    return None if self.comm_s is None else max(self.ideal_step_s, self.comm_s)
+    """No step is faster: the compiled work at peak FLOP/s or the collectives at full ICI
+    bandwidth, whichever is longer (perfect overlap assumed)."""
+    if self.compute_s is None:
+      return None
+    return max(self.compute_s, self.comm_s or 0.0)
 
   @property
   def mfu_upper_bound(self) -> float | None:
     bound = self.step_lower_bound_s
     return None if bound is None else self.ideal_step_s / bound
 
-  @property
-  def ideal_step_s(self) -> float:
-    """Step time at 100% of peak FLOP/s (divide by the MFU you expect)."""
-    return self.flops_per_step / self.peak_flops
-
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["other_meshes"] = [dict(m) for m in self.other_meshes]
-    d.update(ideal_step_s=self.ideal_step_s, comm_s=self.comm_s,
-             step_lower_bound_s=self.step_lower_bound_s, mfu_upper_bound=self.mfu_upper_bound)
+    d["uncounted_kernels"] = list(self.uncounted_kernels)
+    d.update(ideal_step_s=self.ideal_step_s, comm_s=self.comm_s, compute_s=self.compute_s,
+             hardware_ratio=self.hardware_ratio, step_lower_bound_s=self.step_lower_bound_s,
+             mfu_upper_bound=self.mfu_upper_bound)
     return d
 
   def summary(self) -> str:
@@ -128,23 +163,59 @@ class Plan:
     if self.error and not self.fits:
       verdict += f": {self.error}"
     lines += [f"fits            {verdict}",
-              f"FLOPs per step  {self.flops_per_step:.3g} (model); {self.ideal_step_s:.3g} s "
-              f"at 100% of {self.peak_flops:.3g} FLOP/s",
-              f"compile         {self.compile_s:.1f} s ({self.compile_cpu_s:.1f} s CPU)"]
+              f"FLOPs per step  model {self.flops_per_step:.3g} (6N + attention: "
+              f"{self.ideal_step_s:.3g} s at 100% of {self.peak_flops:.3g} FLOP/s)"]
+    if self.hardware_ratio is not None:
+      lines.append(
+          f"                compiled program {self.hardware_flops_per_step:.3g} "
+          f"({self.compute_s:.3g} s at peak): hardware / model = {self.hardware_ratio:.2f}, "
+          f"model / hardware = {1 / self.hardware_ratio:.0%}"
+          + (f"; not counted: {', '.join(self.uncounted_kernels)}"
+             if self.uncounted_kernels else ""))
+    if self.xla_cost_flops_per_step:
+      lines.append(f"                (XLA cost_analysis: {self.xla_cost_flops_per_step:.3g}, "
+                   "each loop body once; not used)")
+    lines.append(f"compile         {self.compile_s:.1f} s ({self.compile_cpu_s:.1f} s CPU)")
     if self.collectives is not None:
       lines.append("collectives     per chip per step: " + ", ".join(
           f"{k} {int(c['count'])}x {c['bytes'] / GiB:.2f} GiB" for k, c in
           self.collectives.items() if c["count"]) + "; wire " +
           f"{sum(c['wire_bytes'] for c in self.collectives.values()) / GiB:.2f} GiB")
     if self.step_lower_bound_s is not None:
-      lines.append(f"roofline        step >= {self.step_lower_bound_s:.3g} s (compute "
-                   f"{self.ideal_step_s:.3g} s, ICI {self.comm_s:.3g} s at "
-                   f"{self.ici_bytes_per_s / 1e9:.0f} GB/s per chip, full overlap): MFU <= "
-                   f"{self.mfu_upper_bound:.0%}")
+      ici = ("" if self.comm_s is None else f", ICI {self.comm_s:.3g} s at "
+             f"{self.ici_bytes_per_s / 1e9:.0f} GB/s per chip, full overlap")
+      lines.append(f"bound           step >= {self.step_lower_bound_s:.3g} s (compiled work "
+                   f"{self.compute_s:.3g} s at peak{ici}): MFU <= {self.mfu_upper_bound:.0%}; a "
+                   f"run with step_time_s T uses {self.step_lower_bound_s:.3g}/T of the "
+                   "chips' peak")
     if self.other_meshes:
       lines.append("other meshes    " + "; ".join(
           ",".join(f"{a}={s}" for a, s in m.items()) for m in self.other_meshes))
     return "\n".join(lines)
+
+
+# Pallas kernels by name -> FLOPs in units of one attention forward (4 x heads x Sq x Skv x
+# head_dim): the model formula counts the backward as twice the forward; splash splits it into a
+# dq and a dkv kernel.
+_PALLAS_UNITS = {"fwd": 1.0, "dq": 1.0, "dkv": 1.0}
+
+
+def hardware_flops(hlo: str) -> tuple[float, list[str]]:
+  """(FLOPs one device's compiled program computes per call, names of Pallas kernels it calls
+  whose FLOPs are unknown): dots and convolutions per loop trip, splash attention by formula."""
+  from z1_jax.hlo import arithmetic
+  arith = arithmetic(hlo)
+  total, uncounted = arith.matmul_flops, []
+  for name, call in arith.pallas.items():
+    kind = next((k for k in _PALLAS_UNITS if re.search(rf"splash\w*_{k}(_|$)", name)), None)
+    arrays = [dims for dtype, dims in call.operands if dtype in ("bf16", "f32", "f16")]
+    if kind is None or len(arrays) < 2 or len(arrays[0]) < 3:
+      uncounted.append(name)
+      continue
+    q, k = arrays[0], arrays[1]  # [..heads.., Sq, D] and [..kv heads.., Skv, D]
+    forward = 4.0 * math.prod(q[:-2]) * q[-2] * k[-2] * q[-1]
+    total += call.count * _PALLAS_UNITS[kind] * forward
+  return total, uncounted
 
 
 def suggest_meshes(model_cfg, micro_batch: int, chips: int, limit: int = 4) -> list[dict]:
@@ -279,15 +350,20 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
   usage = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
   start, start_cpu = time.perf_counter(), usage()
   error = required = temps = None
-  memory = collectives = None
+  memory = collectives = hardware = xla_cost = None
+  uncounted = ()
   try:
     from z1_jax.topology import quiet_libtpu
     with quiet_libtpu():
       compiled = ts.step.trace(*ts.abstract()).lower().compile()
     memory = compiled.memory_analysis()
     from z1_jax.collectives import collective_bytes
+    text = compiled.as_text()
     collectives = {k: dataclasses.asdict(v) for k, v in
-                   collective_bytes(compiled.as_text(), devices=n).items()}
+                   collective_bytes(text, devices=n).items()}
+    hardware, uncounted = hardware_flops(text)
+    hardware *= n  # the program is one device's share (SPMD): the slice runs n of them
+    xla_cost = (compiled.cost_analysis() or {}).get("flops")
   except Exception as e:  # noqa: BLE001 - only RESOURCE_EXHAUSTED is an answer; the rest raise
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message:
@@ -325,4 +401,6 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
       rows_per_chip=micro / (shape["data"] * shape["fsdp"]),
       attention_impl=_impl_name(model_cfg.attention_impl, pool[0].platform, cfg.data.seq_len),
       remat_policy=model_cfg.remat_policy,
-      error=error, other_meshes=others, collectives=collectives, ici_bytes_per_s=ici)
+      error=error, other_meshes=others, collectives=collectives, ici_bytes_per_s=ici,
+      hardware_flops_per_step=hardware, uncounted_kernels=tuple(uncounted),
+      xla_cost_flops_per_step=None if xla_cost is None else float(xla_cost) * n)
