@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # reference writes optional parts in brackets and alternatives with a bar. Nothing else is
 # skipped: MY_BUCKET, MY_PROJECT and ~/paths are real arguments and parse.
 SYNOPSIS_MARKERS = ("[", "|")
-DECODING = ("generate", "sweep", "serve")
+DECODING = ("generate", "sweep", "serve", "distill")
 
 
 def _z1_argv(words: list[str]) -> list[str] | None:
@@ -76,8 +76,11 @@ def test_documented_command_parses_and_passes_its_checks(line, argv, slice_name,
     load_config(args.config, list(args.overrides))  # unknown keys, wrong types, bad values
   mesh = getattr(args, "mesh", None)
   if mesh is not None:
-    chips = accelerator(getattr(args, "accelerator", None) or slice_name).chips
-    shape = resolve_mesh_shape(mesh, chips)  # divides the slice's chips
+    name = getattr(args, "accelerator", None) or slice_name
+    if name is not None:  # a block about a slice: the mesh must divide its chips
+      shape = resolve_mesh_shape(mesh, accelerator(name).chips)
+    else:  # a block about any host: its own devices are checked when it runs
+      shape = {axis: max(size, 1) for axis, size in mesh.items()}
     if args.command in DECODING:
       from z1_jax.infer.load import check_serving_mesh
       check_serving_mesh(types.SimpleNamespace(shape=shape))

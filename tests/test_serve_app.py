@@ -177,6 +177,7 @@ def test_numbers_past_the_engines_widths_are_400_and_the_server_goes_on(env, fie
 def test_a_step_that_raises_fails_its_requests_and_serving_goes_on(env, monkeypatch):
   """Before: the engine thread died, every later request got 503 and /health said failed."""
   client, runner = env["client"], env["runner"]
+  assert _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 200
   made = len(env["engines"])
   engine = runner.engine
   real = engine.step
@@ -193,6 +194,25 @@ def test_a_step_that_raises_fails_its_requests_and_serving_goes_on(env, monkeypa
   r = _post(client, {"model": MODEL, "prompt": "hi", "max_tokens": 5, "temperature": 0})
   assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
   assert any("starting it afresh" in line for line in env["logs"])
+  # the fresh engine took over the old one's compiled programs (none compiled anew for this)
+  assert engine.programs and set(engine.programs) <= set(runner.engine.programs)
+
+
+def test_health_and_the_serve_log_show_the_pages_and_the_queue(env, monkeypatch):
+  import z1_jax.serve.runner as runner_module
+  client = env["client"]
+  monkeypatch.setattr(runner_module, "_LOG_EVERY_S", 0.0)
+  h = _health(client)
+  for key in ("pages_total", "pages_used", "pages_free", "pages_cached", "preemptions",
+              "prefix_cache_hit_rate", "queued", "active", "page_size", "max_total_tokens"):
+    assert key in h, h
+  assert h["pages_used"] + h["pages_free"] == h["pages_total"] > 0
+  env["logs"].clear()
+  r = _post(client, {"model": MODEL, "prompt": "count to ten", "max_tokens": 40,
+                     "temperature": 0})
+  assert r.status_code == 200
+  assert any("rows running" in line and "KV pages" in line and "preemptions" in line
+             for line in env["logs"]), env["logs"]
 
 
 def test_bodies_over_the_limit_are_413(env):

@@ -52,7 +52,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP, add_cache_args
   score = sub.add_parser("score", help="score given completions against a benchmark")
   score.add_argument("--benchmark", required=True, type=choice_of(_benchmarks, "benchmark"),
                      help="humaneval, aime2024, aime2025, math500-mmath, math500, gpqa-diamond, "
@@ -97,6 +97,7 @@ def add_parser(sub) -> None:
                    help="0 = greedy, the paper's setting")
   swp.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed")
   swp.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
+  add_cache_args(swp)
   swp.add_argument("--batch-size", type=positive_int, default=None,
                    help="problems decoded together (default 64)")
   swp.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)

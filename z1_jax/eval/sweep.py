@@ -258,10 +258,11 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
               load_model: Callable[[], object] | None = None, batch_size: int | None = None,
               workers: int | None = None, reference=None, progress: bool = True,
               allow_unsandboxed: bool = False, sandbox_python: str | None = None,
-              decode: Callable | None = None) -> dict:
+              decode: Callable | None = None, cache: dict | None = None) -> dict:
   """Runs (or resumes) a sweep into `out`; returns the summary. `model` or `load_model` (called
   after every input check), `tokenizer` (default: the offline Qwen2.5 one). `decode` defaults
-  to `z1_jax.sweep`. `batch_size` problems decode together (default 64)."""
+  to `z1_jax.sweep`. `batch_size` problems decode together (default 64) on an engine with the
+  paged cache's options `cache` (`infer.load.cache_options`)."""
   from z1_jax.eval.report import read_reference, write_report
   from z1_jax.eval.score import Scorer
   if reference is not None and not isinstance(reference, list):
@@ -314,7 +315,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike, *, model=None, tokenizer
                          answer_tokens=cfg.answer_tokens, mode=cfg.mode,
                          placement=cfg.placement, temperature=cfg.temperature, seed=cfg.seed,
                          tokenizer=tokenizer, batch_size=chunk,
-                         row_ids=[u.index for u in batch])
+                         row_ids=[u.index for u in batch], **(cache or {}))
       decode_bar.update(len(batch))
       if not writer:
         continue
@@ -389,7 +390,7 @@ def _tokenizer_identity(tokenizer) -> str:
 def run_from_args(args, mesh=None) -> dict:
   """`z1 sweep`: the config from the command line, checked before the model loads."""
   benchmarks = tuple(b.strip() for b in args.benchmark.split(",") if b.strip())
-  from z1_jax.infer.load import decode_dtype
+  from z1_jax.infer.load import cache_options, decode_dtype
   from z1_jax.paths import as_path
   source = ("hf", args.hf) if args.hf else ("ckpt", args.ckpt)
   where = as_path(source[1])  # --ckpt may be any URI etils.epath knows (gs://, file://)
@@ -420,4 +421,4 @@ def run_from_args(args, mesh=None) -> dict:
   return run_sweep(cfg, args.out, load_model=load_model, tokenizer=tokenizer,
                    batch_size=args.batch_size, workers=args.workers, reference=args.reference,
                    allow_unsandboxed=args.allow_unsandboxed, sandbox_python=args.sandbox_python,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, cache=cache_options(args))

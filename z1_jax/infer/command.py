@@ -271,8 +271,10 @@ def run_generate(args) -> int:
   from z1_jax.infer.load import load_for_decoding
   model = load_for_decoding(args.hf, args.ckpt, mesh, args.dtype)
   from z1_jax.infer.generate import make_engine
+  from z1_jax.infer.load import cache_options
   engine = make_engine(model, max_len, args.batch_size, tokenizer=tokenizer,
-                       eos_ids=args.eos_ids, n_requests=len(requests), **markers)
+                       eos_ids=args.eos_ids, n_requests=len(requests), **markers,
+                       **cache_options(args))
   import jax
   writer = jax.process_index() == 0
   if args.prompts is None:
@@ -302,7 +304,7 @@ def run_generate(args) -> int:
 
 
 def add_parser(sub) -> None:
-  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP, add_cache_args
   gen = sub.add_parser("generate", help="decode prompts, optionally with a thinking budget")
   src = gen.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf", help="HF checkpoint directory or hub id (default: none; one of "
@@ -360,6 +362,7 @@ def add_parser(sub) -> None:
                    help="slots: the most rows decoded at once (default: all requests, up to "
                         "64, a power of two)")
   gen.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
+  add_cache_args(gen)
   gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
   gen.add_argument("--no-progress", action="store_true",
                    help="no progress bar for --prompts (default: shown on stderr)")

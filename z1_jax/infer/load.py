@@ -81,3 +81,24 @@ def unrolled(model: Qwen2) -> Qwen2:
       nnx.to_pure_dict(nnx.state(model)))
   nnx.replace_by_pure_dict(abstract, params)
   return nnx.merge(graphdef, abstract)
+
+
+def add_cache_args(parser) -> None:
+  """The paged KV cache's options, the same on `z1 generate`, `z1 sweep`, `z1 serve` and
+  `z1 distill` (and `DecodeOptions` fields in Python)."""
+  from z1_jax.cli_args import positive_int
+  parser.add_argument("--page-size", type=positive_int, default=None,
+                      help="tokens per KV cache page (default: 16 on CPU and GPU, 128 on TPU)")
+  parser.add_argument("--max-total-tokens", type=positive_int, default=None,
+                      help="the KV cache pool's capacity in tokens, shared by all rows (default: "
+                           "90%% of the device memory left after the weights on TPU/GPU; "
+                           "65,536 on CPU; at most batch size x the longest request)")
+  parser.add_argument("--prefill-tokens", type=positive_int, default=512,
+                      help="prompt tokens prefilled per engine step, a power of two (long "
+                           "prompts go in chunks beside decoding)")
+
+
+def cache_options(args) -> dict:
+  """`add_cache_args`' values as engine keyword arguments."""
+  return {"page_size": args.page_size, "max_total_tokens": args.max_total_tokens,
+          "prefill_tokens": args.prefill_tokens}

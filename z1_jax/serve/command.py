@@ -133,8 +133,10 @@ def run_serve(args) -> int:
   _log(f"z1 serve: loading {source}...")
   model = load_for_decoding(args.hf, args.ckpt, mesh_from_spec(args.mesh), args.dtype)
   defaults = Defaults(args.default_thinking_budget, args.default_answer_tokens)
+  from z1_jax.infer.load import cache_options
   runner = Runner(lambda: Engine(model, slots=args.batch_size, max_seq_len=max_seq_len,
-                                 tokenizer=tokenizer, chunk_steps=args.chunk_steps), log=_log)
+                                 tokenizer=tokenizer, chunk_steps=args.chunk_steps,
+                                 **cache_options(args)), log=_log)
   runner.start()
   if not lead:  # a pod's other processes: the engine only, driven by process 0's broadcasts
     runner._thread.join()
@@ -156,7 +158,7 @@ def run_serve(args) -> int:
 
 
 def add_parser(sub) -> None:
-  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP
+  from z1_jax.infer.load import DTYPE_HELP, MESH_HELP, add_cache_args
   p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a thinking budget per "
                      "request (continuous batching on the decode engine)")
   src = p.add_mutually_exclusive_group(required=True)
@@ -191,6 +193,7 @@ def add_parser(sub) -> None:
                  help="seconds in-flight requests may take to finish after SIGTERM before "
                       "they are cancelled")
   p.add_argument("--mesh", type=mesh_spec, default=None, help=MESH_HELP)
+  add_cache_args(p)
   p.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer directory (default: the model directory's)")

@@ -35,6 +35,7 @@ import traceback
 
 import numpy as np
 
+_LOG_EVERY_S = 10.0  # the serve log shows the engine's rows, queue and pages this often
 _IDLE_WAIT_S = 0.05  # how long an idle loop turn waits for a command
 _BROADCAST_BYTES = 1 << 16  # the first broadcast of each turn on a pod: size + first bytes
 
@@ -75,7 +76,8 @@ class Runner:
     self.accepted = 0  # requests handed to the engine and not yet answered (any thread reads)
     self.served = 0
     self._count = threading.Lock()
-    self._stats = {"slots": engine.slots, "active": 0, "queued": 0}
+    self._stats = engine.stats()
+    self._logged = 0.0  # when the serve log last showed the engine's state
     self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     import jax
     self._pod = jax.process_count() > 1
@@ -207,17 +209,33 @@ class Runner:
             self._finish(ev.id, sink, ev)
           elif sink is not None:
             sink.put(ev)
-      s = engine.stats()
-      self._stats = {"slots": s["slots"], "active": s["active"], "queued": s["queued"]}
+      self._stats = engine.stats()
+      self._log_state()
+
+  def _log_state(self) -> None:
+    """Every `_LOG_EVERY_S` while there is work: rows, queue, pages, preemptions, prefix
+    cache, on the serve log (the same figures as GET /health)."""
+    now = time.monotonic()
+    s = self._stats
+    if now - self._logged < _LOG_EVERY_S or not (s["active"] or s["queued"]):
+      return
+    self._logged = now
+    self._log(f"z1 serve: {s['active']} rows running, {s['queued']} queued; KV pages "
+              f"{s['pages_used']}/{s['pages_total']} used ({s['pages_cached']} cached), "
+              f"{s['preemptions']} preemptions, prefix cache hit rate "
+              f"{s['prefix_cache_hit_rate']:.0%}")
 
   def _restart(self, error: str, trace: str) -> None:
-    """After a step that raised: the requests in the engine fail, a fresh engine takes over."""
+    """After a step that raised: the requests in the engine fail, a fresh engine takes over
+    (with the old one's compiled programs: the shapes are the same)."""
     message = f"the engine's step failed: {error}"
     self._log(f"z1 serve: {message}; failing the {len(self._sinks)} requests in the engine "
               "and starting it afresh\n" + trace)
+    programs = self.engine.programs
     self.engine = None  # its cache is freed before the new one is made (HBM holds one)
     gc.collect()
     self.engine = self._make_engine()
+    self.engine.programs.update(programs)
     for rid, sink in list(self._sinks.items()):  # once the server can take their retries
       self._finish(rid, sink, Failed(message, 500))
 

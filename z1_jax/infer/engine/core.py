@@ -145,7 +145,7 @@ class Engine:
     self._ids: set = set()
     self._cancel: set = set()
     self._installs: dict[int, dict] = {}
-    self._compiled: dict = {}
+    self.programs: dict = {}  # compiled executables (`warmup`), reusable by an equal engine
     self._in_flight = None  # a dispatched decode chunk not yet read (see `step`)
     self._pending_events: list[Event] = []
     self.decode_chunks = 0  # dispatches
@@ -221,9 +221,9 @@ class Engine:
 
   def _exe(self, key, lower):
     """The executable for `key`, compiled (from `lower()`) on first use and kept."""
-    exe = self._compiled.get(key)
+    exe = self.programs.get(key)
     if exe is None:
-      exe = self._compiled[key] = lower().compile()
+      exe = self.programs[key] = lower().compile()
     return exe
 
   def _device_rows(self, rows: window.Rows) -> window.Rows:
