@@ -218,7 +218,7 @@ def test_engine_step_updates_the_donated_pool_in_place(tiny):
   engine = Engine(model, slots=2, max_seq_len=48, eos_ids=EOS, trigger_ids=TRIGGER,
                   page_size=8)
   state = engine._state
-  args = (engine.graphdef, engine.params, state, engine._table, np.bool_(False))
+  args = (engine.graphdef, engine.params, state, engine.sched.table, np.bool_(False))
   kw = dict(markers=engine.markers, steps=16, logprobs=False)
   hlo = decode_chunk.lower(*args, kind="filter", **kw).compile().as_text()
   pool = state.pools[0].shape

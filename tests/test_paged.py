@@ -148,7 +148,7 @@ def test_a_pool_smaller_than_one_longest_request_is_refused(tiny):
 
 
 def _pages_held(engine):
-  pool = engine._pools[0]
+  pool = engine.sched.pools[0]
   return {p: int(pool.refs[p]) for p in range(pool.num_pages) if pool.refs[p]}
 
 
@@ -158,11 +158,11 @@ def test_sweep_branches_share_their_trunks_pages(tiny):
   engine.submit(Request(("a", 30), prompts[1], thinking_budget=30, answer_tokens=6),
                 _key=("a", 30), _forks=[21])
   for _ in range(20):
-    if engine._ready:
+    if engine.sched.ready:
       break
     engine.step()
-  (branch,) = engine._ready
-  trunk = engine._slot[0]
+  (branch,) = engine.sched.ready
+  trunk = engine.sched.slot[0]
   start, ps = len(prompts[1]), engine.page_size
   first = start + 21 - len(TRIGGER)  # the branch's first write: the trigger at B - T
   shared = first // ps

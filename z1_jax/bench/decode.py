@@ -10,6 +10,7 @@ padding waste and the engine's occupancy on a Z1-like length mix (`bench_padding
 
 from __future__ import annotations
 
+import heapq
 import statistics
 import tempfile
 import time
@@ -110,8 +111,10 @@ def bench_padding(preset: str = "tiny", slots: int = 8, requests: int = 64, lo: 
   at `max_seq_len` the mix's bucket and 16,384 (a step's cost must not follow the longest
   admissible request). Useful tokens/s counts only tokens a request asked for; a static batch
   would run every row to its batch's longest. Occupancy: generated tokens / (slots x decode
-  steps), the share of slot-steps that made a requested token (target >= 0.9). Random weights
-  never end early, so lengths are exact."""
+  steps), the share of slot-steps that made a requested token (target >= 0.9), beside the
+  occupancy of an ideal first-come-first-served batcher on the same lengths (the tail of a
+  mix, where the last long rows run with slots idle, bounds both). Random weights never end
+  early, so lengths are exact."""
   from z1_jax.infer.engine import Engine, Request, bucket
   from z1_jax.model.qwen2 import create_model
   cfg = get_preset(preset)
@@ -121,6 +124,12 @@ def bench_padding(preset: str = "tiny", slots: int = 8, requests: int = 64, lo: 
   lengths = np.exp(rng.uniform(np.log(lo), np.log(hi), requests)).round().astype(int).tolist()
   # a static batch of `slots` rows in arrival order runs each batch to its longest row
   static_steps = sum(max(lengths[i:i + slots]) for i in range(0, requests, slots))
+  # an ideal first-come-first-served continuous batcher (a freed slot takes the next request
+  # at once, no step lost): what the workload allows in arrival order
+  free_at = [0] * slots
+  for n in lengths:
+    heapq.heappush(free_at, heapq.heappop(free_at) + n)
+  ideal_steps = max(free_at)
   out = []
   for max_seq_len in (bucket(prompt_len + hi), 16384):
     engine = Engine(model, slots=slots, max_seq_len=max_seq_len, eos_ids=[],
@@ -147,7 +156,8 @@ def bench_padding(preset: str = "tiny", slots: int = 8, requests: int = 64, lo: 
                 "mixed_s": mixed_s, "mixed_useful_tokens_per_s": mixed, "all_longest_s": full_s,
                 "all_longest_tokens_per_s": full, "mixed_over_all_longest": mixed / full,
                 "decode_steps": steps, "occupancy": sum(lengths) / (slots * steps),
-                "occupancy_target": 0.9,
+                "occupancy_target": 0.9, "ideal_fifo_steps": ideal_steps,
+                "ideal_fifo_occupancy": sum(lengths) / (slots * ideal_steps),
                 "static_batch_useful_fraction": sum(lengths) / (static_steps * slots),
                 "backend": jax.default_backend(), "rounds": repeats})
   return out

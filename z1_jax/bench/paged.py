@@ -62,7 +62,7 @@ def bench_lengths(preset: str = "tiny", slots: int = 16, requests: int = 48,
 
 
 def bench_capacity(preset: str = "tiny", sequences: int = 128, pool_tokens: int = 32768,
-                   max_seq_len: int = 16384, prompt_len: int = 64, gen_len: int = 160,
+                   max_seq_len: int = 16384, prompt_len: int = 32, gen_len: int = 192,
                    seed: int = 0) -> list[dict]:
   from z1_jax.infer.engine import Engine
   from z1_jax.infer.engine.core import kv_bytes_per_token
@@ -80,7 +80,7 @@ def bench_capacity(preset: str = "tiny", sequences: int = 128, pool_tokens: int 
     for e in engine.step():
       tokens += len(e.new_tokens)
     s = engine.stats()
-    decoding = sum(1 for q in engine._slot if q is not None and q.decoding)
+    decoding = len(engine.sched.decoding())
     peak_active, peak_pages = max(peak_active, decoding), max(peak_pages, s["pages_used"])
   seconds = time.perf_counter() - start
   per_token = kv_bytes_per_token(model.cfg, engine.model)

@@ -3,8 +3,6 @@ driven chunk by chunk over a paged KV cache (`pages.py`, `scheduler.py`)."""
 
 from __future__ import annotations
 
-import bisect
-import collections
 import dataclasses
 import math
 from typing import Sequence
@@ -17,11 +15,10 @@ from flax import nnx
 from z1_jax.errors import Z1Error
 from z1_jax.infer import window
 from z1_jax.infer.engine import programs
-from z1_jax.infer.engine.pages import PagePool, prefix_digests
 from z1_jax.infer.engine.programs import DecodeState, rows_init
 from z1_jax.infer.engine.requests import (Event, Generation, Request, check_request,
                                           placement_of, resolve_markers, stop_of)
-from z1_jax.infer.engine.scheduler import Seq, choose_shape, pages_for, prefill_shapes
+from z1_jax.infer.engine.scheduler import Scheduler, Seq, pages_for
 from z1_jax.infer.sampling import variant
 from z1_jax.model.qwen2 import Qwen2, init_pools
 
@@ -131,29 +128,23 @@ class Engine:
       raise Z1Error(f"max_total_tokens={max_total_tokens}: the pool holds "
                     f"{per_shard * self.page_size} tokens per batch shard, less than one "
                     f"request of max_seq_len={max_seq_len}; raise it or lower max_seq_len")
-    self._pools = [PagePool(per_shard + 1) for _ in range(shards)]  # + the null page
     self.table_width = pages_for(self.max_seq_len + self.prefill_tokens, self.page_size)
-    self._shapes = prefill_shapes(self.prefill_tokens, shards)
     pools = init_pools(cfg, shards * (per_shard + 1), self.page_size, self.model.rules)
     self._row_shardings = programs.rows_shardings(self.model.rules)
     self._state = DecodeState(pools, self._device_rows(rows_init(self.slots)))
     self._rows = {f: np.array(v) for f, v in rows_init(self.slots)._asdict().items()}
-    self._table = np.zeros((self.slots, self.table_width), np.int32)
-    self._slot: list[Seq | None] = [None] * self.slots
-    self._ready: list[Seq] = []  # branches and preempted rows, by arrival
-    self._waiting: collections.deque[Seq] = collections.deque()
+    self.sched = Scheduler(
+        slots=self.slots, shards=shards, pages_per_shard=per_shard, page_size=self.page_size,
+        table_width=self.table_width, chunk_steps=chunk_steps,
+        prefill_tokens=self.prefill_tokens, rows=self._rows, fresh_state=self._fresh_state,
+        trigger_len=lambda mode: len(self.trigger_ids(mode)))
     self._ids: set = set()
     self._cancel: set = set()
-    self._installs: dict[int, dict] = {}
     self.programs: dict = {}  # compiled executables (`warmup`), reusable by an equal engine
     self._in_flight = None  # a dispatched decode chunk not yet read (see `step`)
-    self._pending_events: list[Event] = []
     self.decode_chunks = 0  # dispatches
     self.decode_steps = 0  # device decode steps (loop iterations that placed a token)
-    self._releases: list[int] = []
     self._arrivals = 0
-    self._admissions = 0
-    self.preemptions = 0
 
   # -- requests ---------------------------------------------------------------------------------
   def trigger_ids(self, mode: str = "z1") -> tuple[int, ...]:
@@ -179,7 +170,7 @@ class Engine:
       seq.logprobs, seq.top_logprobs = [], []
     if req.prompt_logprobs is not None:
       seq.prompt_logprobs, seq.prompt_top_logprobs = [None], [[]]
-    self._waiting.append(seq)
+    self.sched.waiting.append(seq)
 
   def cancel(self, id) -> None:
     """Drops a queued request, or frees a running one's slot at the next chunk boundary."""
@@ -187,21 +178,25 @@ class Engine:
       self._cancel.add(id)
 
   def has_work(self) -> bool:
-    return bool(self._ready or self._waiting) or any(s is not None for s in self._slot)
+    return bool(self.sched.queued() or self.sched.running())
+
+  @property
+  def preemptions(self) -> int:
+    return self.sched.preemptions
 
   def stats(self) -> dict:
-    pools = self._pools
+    pools = self.sched.pools
     looked = sum(p.lookup_tokens for p in pools)
-    return {"slots": self.slots, "active": sum(s is not None for s in self._slot),
+    return {"slots": self.slots, "active": len(self.sched.running()),
             "decode_chunks": self.decode_chunks, "decode_steps": self.decode_steps,
-            "queued": len(self._ready) + len(self._waiting),
+            "queued": self.sched.queued(),
             "max_seq_len": self.max_seq_len, "chunk_steps": self.chunk_steps,
             "page_size": self.page_size, "max_total_tokens": self.max_total_tokens,
             "pages_total": sum(p.capacity for p in pools),
             "pages_used": sum(p.used() for p in pools),
             "pages_free": sum(p.available() for p in pools),
             "pages_cached": sum(len(p.by_digest) for p in pools),
-            "preemptions": self.preemptions,
+            "preemptions": self.sched.preemptions,
             "prefix_cache_hit_rate": (sum(p.hit_tokens for p in pools) / looked) if looked else 0.0}
 
   # -- compiled programs ------------------------------------------------------------------------
@@ -213,7 +208,7 @@ class Engine:
     for kind in ("greedy", "sample", "filter"):
       for logprobs in (False, True):
         self._decode_exe(kind, logprobs)
-    for i, (r, w) in enumerate(self._shapes):
+    for i, (r, w) in enumerate(self.sched.shapes):
       for logprobs in (False, True) if i == 0 else (False,):
         self._prefill_exe(r, w, logprobs)
     for name in ("install", "release", "copy"):
@@ -272,26 +267,24 @@ class Engine:
 
   def _flush(self) -> None:
     """Sends pending row writes and releases to the device."""
-    if self._installs:
+    sched = self.sched
+    if sched.installs:
       slot_ids = np.full((self.slots,), self.slots, np.int32)  # padding is dropped
       rows = {f: v.copy() for f, v in rows_init(self.slots)._asdict().items()}
-      for j, (slot, values) in enumerate(sorted(self._installs.items())):
+      for j, (slot, values) in enumerate(sorted(sched.installs.items())):
         slot_ids[j] = slot
         for f, v in values.items():
           rows[f][j] = v
           self._rows[f][slot] = v
       self._state = self._small_exe("install")(self._state, slot_ids, window.Rows(**rows))
-      self._installs.clear()
-    if self._releases:
+      sched.installs.clear()
+    if sched.releases:
       slot_ids = np.full((self.slots,), self.slots, np.int32)
-      slot_ids[:len(self._releases)] = self._releases
+      slot_ids[:len(sched.releases)] = sched.releases
       self._state = self._small_exe("release")(self._state, slot_ids)
-      for slot in self._releases:
+      for slot in sched.releases:
         self._rows["done"][slot] = True
-      self._releases.clear()
-
-  def _row_values(self, slot: int) -> dict:
-    return {f: np.array(v[slot]) for f, v in self._rows.items()}
+      sched.releases.clear()
 
   def _fresh_state(self, seq: Seq) -> dict:
     req, sampling = seq.req, seq.sampling
@@ -323,274 +316,71 @@ class Engine:
     chunks ahead, and events arrive one step later. Anything else to do first reads the
     chunk in flight and steps as usual."""
     events = self._cancels()
+    sched = self.sched
     if self._in_flight is not None and not self._steady():
       events += self._read(self._in_flight)
       self._in_flight = None
+    if self._in_flight is not None and not sched.grow(chunks=2, may_preempt=False):
+      events += self._read(self._in_flight)  # a preempted row's state must be current
+      self._in_flight = None
     if self._in_flight is not None:
-      self._grow(chunks=2)
-    if self._in_flight is not None:  # (growing may have had to preempt: then it was read)
       self._flush()
-      out = self._dispatch() if any(s is not None for s in self._slot) else None
+      out = self._dispatch() if sched.running() else None
       events += self._read(self._in_flight)
       self._in_flight = out
     else:
       self._fork_paused()
-      self._admit()
+      sched.admit()
       events += self._prefill()
       steady = self._steady()
-      self._grow(chunks=2 if steady else 1)
+      sched.grow(chunks=2 if steady else 1)
       self._flush()
-      if any(s is not None and s.decoding for s in self._slot):
+      if sched.decoding():
         out = self._dispatch()
         if steady and self._steady():
           self._in_flight = out
         else:
           events += self._read(out)
-    events, self._pending_events = self._pending_events + events, []
     return events
 
   def _steady(self) -> bool:
     """Only decoding to do: the next chunk may go before the last one is read."""
-    return not (self._ready or self._waiting or self._cancel or self._installs or self._releases
-                or any(s is not None and (s.forks or not s.decoding) for s in self._slot))
-
-  def _shard_of(self, slot: int) -> int:
-    return slot // (self.slots // self.shards)
-
-  def _limit(self, state: dict) -> int:
-    """Positions a row may ever hold: its prompt and all it can generate (the last generated
-    token is never fed)."""
-    return int(state["start"]) + int(state["stop"]) - 1
-
-  def _reach(self, state: dict, chunks: int = 1) -> int:
-    """Positions the row must hold pages for before its next `chunks` decode chunks."""
-    return min(int(state["feed"]) + chunks * self.chunk_steps, self._limit(state))
-
-  def _admit(self) -> None:
-    free = [s for s in range(self.slots) if self._slot[s] is None]
-    kept = []
-    for seq in self._ready:
-      if not free or self._try_admit(seq, free) != "ok":
-        kept.append(seq)
-    self._ready = kept
-    waiting = collections.deque()
-    blocked = False
-    while self._waiting:
-      seq = self._waiting.popleft()
-      outcome = "blocked" if blocked or not free else self._try_admit(seq, free)
-      if outcome != "ok":
-        waiting.append(seq)
-        blocked = blocked or outcome == "blocked"
-    self._waiting = waiting
-
-  def _try_admit(self, seq: Seq, free: list[int]) -> str:
-    """'ok' (seq now holds a slot and its first pages), 'defer' (its prompt's pages are being
-    prefilled by another row this step: next step it shares them) or 'blocked' (no room)."""
-    ps = self.page_size
-    if seq.pages is not None:  # a branch holding its trunk's pages: only its shard will do
-      slot = next((s for s in free if self._shard_of(s) == seq.shard), None)
-      if slot is None:
-        return "blocked"
-      pool = self._pools[seq.shard]
-      new = pool.alloc(max(0, pages_for(self._reach(seq.state), ps) - len(seq.pages)))
-      if new is None:
-        return "blocked"
-      seq.pages += new
-      seq.context, seq.filled = [], 0
-      self._installs[slot] = dict(seq.state)
-    else:
-      shards = sorted({self._shard_of(s) for s in free},
-                      key=lambda d: (-self._pools[d].available(), d))
-      shard = shards[0]
-      slot = next(s for s in free if self._shard_of(s) == shard)
-      pool = self._pools[shard]
-      prompt = [int(x) for x in seq.req.prompt_ids]
-      full = prompt + seq.tokens
-      context = full[:-1]
-      digests = prefix_digests(prompt, ps, (len(prompt) - 1) // ps)
-      cached, pending = ([], False) if seq.req.prompt_logprobs is not None else (
-          pool.lookup(digests))
-      if pending:
-        pool.release(cached)
-        return "defer"
-      state = seq.state or self._fresh_state(seq)
-      new = pool.alloc(max(0, pages_for(self._reach(state), ps) - len(cached)))
-      if new is None:
-        pool.release(cached)
-        return "blocked"
-      if seq.req.prompt_logprobs is None:
-        pool.lookup_tokens += len(digests) * ps
-        pool.hit_tokens += len(cached) * ps
-      seq.pages, seq.shard, seq.state = cached + new, shard, state
-      seq.context, seq.filled, seq.digests = context, len(cached) * ps, digests
-      pool.pending.update(digests[len(cached):])
-      if seq.filled >= len(context):
-        self._installs[slot] = dict(state)
-    seq.slot = slot
-    seq.admitted = self._admissions
-    self._admissions += 1
-    self._slot[slot] = seq
-    self._set_table(seq)
-    free.remove(slot)
-    return "ok"
-
-  def _set_table(self, seq: Seq) -> None:
-    row = self._table[seq.slot]
-    row[:] = 0
-    row[:len(seq.pages)] = seq.pages
+    return not self._cancel and self.sched.steady()
 
   def _prefill(self) -> list[Event]:
-    rows = sorted((s for s in self._slot if s is not None and s.context is not None
-                   and s.filled < len(s.context)), key=lambda s: s.admitted)
-    if not rows:
+    """Dispatches this step's prefill chunk (`Scheduler.prefill_batch`)."""
+    batch = self.sched.prefill_batch()
+    if batch is None:
       return []
-    scoring = [s for s in rows if s.req.prompt_logprobs is not None]
-    rows = scoring or rows
-    by_shard = [[s for s in rows if s.shard == d] for d in range(self.shards)]
-    shapes = self._shapes[:1] if scoring else self._shapes
-    r, w, takes = choose_shape([[len(s.context) - s.filled for s in group]
-                                for group in by_shard], shapes, self.shards)
-    per = r // self.shards
-    tokens = np.zeros((r, w), np.int32)
-    positions = np.tile(np.arange(w, dtype=np.int32), (r, 1))
-    valid = np.zeros((r, w), bool)
-    pages = np.zeros((r, self.table_width), np.int32)
-    lengths = np.full((r,), w, np.int32)
-    targets = np.zeros((r, w), np.int32)
-    chosen = []
-    for d, (group, take) in enumerate(zip(by_shard, takes)):
-      for j, (seq, c) in enumerate(zip(group, take)):
-        i, a = d * per + j, seq.filled
-        tokens[i, :c] = seq.context[a:a + c]
-        positions[i] += a
-        valid[i, :c] = True
-        pages[i] = self._table[seq.slot]
-        lengths[i] = a + w
-        full = seq.context + [self._last_token(seq)]
-        targets[i, :c] = full[a + 1:a + c + 1]
-        chosen.append((i, seq, c))
     self._flush()
-    out = self._prefill_exe(r, w, bool(scoring))(self.params, self._state, tokens, positions,
-                                                 pages, lengths, valid, targets)
-    if scoring:
+    r, w = batch.tokens.shape
+    out = self._prefill_exe(r, w, batch.scoring)(
+        self.params, self._state, batch.tokens, batch.positions, batch.pages, batch.lengths,
+        batch.valid, batch.targets)
+    if batch.scoring:
       self._state, lp, top_ids, top_lp = out
       lp, top_ids, top_lp = _to_host((lp, top_ids, top_lp))
-    else:
-      self._state = out
-    events = []
-    for i, seq, c in chosen:
-      pool = self._pools[seq.shard]
-      if scoring:
-        want = len(seq.req.prompt_ids) - len(seq.prompt_logprobs)
+      for i, seq, c in batch.rows:
         k = seq.req.prompt_logprobs
-        for j in range(min(c, want)):
+        for j in range(min(c, len(seq.req.prompt_ids) - len(seq.prompt_logprobs))):
           seq.prompt_logprobs.append(float(lp[i, j]))
           seq.prompt_top_logprobs.append(
               [(int(t), float(v)) for t, v in zip(top_ids[i, j, :k], top_lp[i, j, :k])])
-      seq.filled += c
-      for p in range(min(seq.filled // self.page_size, len(seq.digests))):
-        pool.register(seq.pages[p], seq.digests[p])
-      if seq.filled >= len(seq.context):
-        if seq.req.max_new_tokens == 0:  # scoring only: nothing to generate
-          events.append(self._finish(seq, ended=False, hit=False, marker_at=-1))
-        else:
-          self._installs[seq.slot] = dict(seq.state)
+    else:
+      self._state = out
+    events = []
+    for seq in self.sched.prefilled(batch):
+      if seq.req.max_new_tokens == 0:  # scoring only: nothing to generate
+        events.append(self._finish(seq, ended=False, hit=False, marker_at=-1))
+      else:
+        self.sched.installs[seq.slot] = dict(seq.state)
     return events
 
-  def _last_token(self, seq: Seq) -> int:
-    return int(seq.req.prompt_ids[-1]) if not seq.tokens else int(seq.tokens[-1])
-
-  def _grow(self, chunks: int = 1) -> None:
-    """Pages for every decoding row's next `chunks` chunks (its row state as last read),
-    preempting the most recently admitted rows of a shard whose pool runs dry (which first
-    reads a chunk in flight: a preempted row's state must be current)."""
-    ps = self.page_size
-    for seq in sorted((s for s in self._slot if s is not None and s.decoding),
-                      key=lambda s: s.admitted):
-      if seq.slot is None:  # preempted earlier in this loop
-        continue
-      state = self._installs.get(seq.slot) or self._row_values(seq.slot)
-      if state["done"]:
-        continue
-      extra = pages_for(self._reach(state, chunks), ps) - len(seq.pages)
-      pool = self._pools[seq.shard]
-      while extra > 0:
-        got = pool.alloc(extra)
-        if got is not None:
-          seq.pages += got
-          self._set_table(seq)
-          break
-        if self._in_flight is not None:
-          self._pending_events += self._read(self._in_flight)
-          self._in_flight = None
-          return self._grow(1)
-        victim = self._victim(seq.shard)
-        self._preempt(victim)
-        if victim is seq:
-          break
-
-  def _victim(self, shard: int) -> Seq:
-    """Whom to take pages from: a parked branch's private pages first, then the most recently
-    admitted row of the shard."""
-    parked = [s for s in self._ready if s.pages is not None and s.shard == shard]
-    if parked:
-      return max(parked, key=lambda s: s.order)
-    return max((s for s in self._slot if s is not None and s.shard == shard),
-               key=lambda s: s.admitted)
-
-  def _preempt(self, seq: Seq) -> None:
-    """Gives `seq`'s pages back; it returns to `ready` and recomputes its context later."""
-    pool = self._pools[seq.shard]
-    pool.release(seq.pages)
-    pool.pending.difference_update(seq.digests[seq.filled // self.page_size:])
-    if seq.slot is not None:
-      if seq.decoding:
-        seq.state = self._installs.pop(seq.slot, None) or self._row_values(seq.slot)
-        self._releases.append(seq.slot)
-      else:
-        self._installs.pop(seq.slot, None)
-      self._slot[seq.slot] = None
-      self._table[seq.slot] = 0
-      bisect.insort(self._ready, seq, key=lambda s: s.order)
-      self.preemptions += 1
-    seq.pages = seq.shard = seq.slot = seq.context = None
-    seq.filled = 0
-
   def _fork_paused(self) -> None:
-    """Sweep: a trunk paused at a budget leaves its branch in `ready` (holding the trunk's
-    pages below the branch's first write, and a copy of the partial page there) and goes on
-    to its next budget."""
-    copies = [[] for _ in range(self.shards)]
-    for slot, seq in enumerate(self._slot):
-      if seq is None or not seq.forks or not seq.decoding:
-        continue
-      st = self._row_values(slot)
-      thinking = st["phase"] in (window.THINK, window.WAIT)
-      if st["done"] or not thinking or st["n"] != st["pause_at"]:
-        continue
-      budget = seq.forks.pop(0)
-      self._installs[slot] = dict(st, pause_at=seq.forks[0] if seq.forks else window.NEVER)
-      t = len(self.trigger_ids(seq.req.mode))
-      rewind = seq.tokens[budget - t - 1] if st["replace"] and budget > t else 0
-      branch = Seq(dataclasses.replace(seq.req, thinking_budget=budget), seq.sampling,
-                   (seq.key[0], budget), seq.order, tokens=list(seq.tokens),
-                   streamed=seq.streamed,
-                   state=dict(st, window=budget, pause_at=window.NEVER, rewind_token=rewind))
-      if seq.logprobs is not None:
-        branch.logprobs, branch.top_logprobs = list(seq.logprobs), list(seq.top_logprobs)
-      p = int(st["start"]) + int(st["n"])
-      first = p - max(t, 1) if st["replace"] else p - 1  # the branch's first write
-      pool, ps = self._pools[seq.shard], self.page_size
-      shared = seq.pages[:first // ps]
-      partial = first % ps != 0
-      copy = pool.alloc(1) if partial else []
-      if copy is not None:
-        pool.share(shared)
-        branch.pages, branch.shard = shared + copy, seq.shard
-        if partial:
-          copies[seq.shard].append((seq.pages[first // ps], copy[0]))
-      self._ids.add(branch.key)
-      bisect.insort(self._ready, branch, key=lambda s: s.order)
+    """Sweep: trunks paused at a budget leave their branches (`Scheduler.fork_paused`); the
+    copies of their partial pages are made at once."""
+    branches, copies = self.sched.fork_paused()
+    self._ids.update(b.key for b in branches)
     if any(copies):
       m = self._copy_width()
       src = np.zeros((self.shards, m), np.int32)
@@ -603,12 +393,12 @@ class Engine:
 
   def _dispatch(self):
     """Dispatches one decode chunk over the decoding rows; returns its (unread) outputs."""
-    live = [s for s in self._slot if s is not None and s.decoding]
+    live = self.sched.decoding()
     kind = variant(s.sampling for s in live)
     logprobs = any(s.req.logprobs is not None for s in live)
-    exit_on_event = bool(self._ready or self._waiting or any(s.forks for s in live))
+    exit_on_event = bool(self.sched.queued() or any(s.forks for s in live))
     self._state, out = self._decode_exe(kind, logprobs)(
-        self.params, self._state, self._table, np.bool_(exit_on_event))
+        self.params, self._state, self.sched.table, np.bool_(exit_on_event))
     self.decode_chunks += 1
     return out
 
@@ -619,9 +409,8 @@ class Engine:
       self._rows[f] = np.array(v)
     self.decode_steps += int((out["index"] >= 0).any(axis=0).sum())
     events = []
-    for slot, seq in enumerate(self._slot):
-      if seq is None or not seq.decoding:
-        continue
+    for seq in self.sched.decoding():
+      slot = seq.slot
       self._apply(seq, slot, out)
       ev = self._event(seq, slot)
       if ev is not None:
@@ -665,7 +454,7 @@ class Engine:
         del seq.logprobs[bound:], seq.top_logprobs[bound:]
       if marker_at >= bound:
         marker_at = -1
-      self._releases.append(slot)
+      self.sched.releases.append(slot)
       finished = self._finish(seq, True, bool(r["hit"][slot]) and marker_at >= 0, marker_at,
                               stop_reason=stop[1], stop_offset=stop[2], event=False)
     elif done:
@@ -744,30 +533,18 @@ class Engine:
     return Event(seq.key, [], seq.streamed, "thinking", None, t, gen)
 
   def _drop(self, seq: Seq) -> None:
-    if seq.pages is not None:
-      pool = self._pools[seq.shard]
-      pool.release(seq.pages)
-      pool.pending.difference_update(seq.digests[seq.filled // self.page_size:])
-    if seq.slot is not None:
-      self._slot[seq.slot] = None
-      self._table[seq.slot] = 0
-      self._installs.pop(seq.slot, None)
-    seq.pages = seq.slot = None
+    self.sched.drop(seq)
     self._ids.discard(seq.key)
 
   def _cancels(self) -> list[Event]:
     if not self._cancel:
       return []
     events = []
-    for queue in (self._ready, self._waiting):
-      for seq in [s for s in queue if s.key in self._cancel]:
-        queue.remove(seq)
+    for seq in [*self.sched.ready, *self.sched.waiting, *self.sched.running()]:
+      if seq.key in self._cancel:
         events.append(Event(seq.key, [], seq.streamed, "thinking", None, 0, None, "cancelled"))
-        self._drop(seq)
-    for slot, seq in enumerate(self._slot):
-      if seq is not None and seq.key in self._cancel:
-        events.append(Event(seq.key, [], seq.streamed, "thinking", None, 0, None, "cancelled"))
-        self._releases.append(slot)
+        if seq.slot is not None:
+          self.sched.releases.append(seq.slot)
         self._drop(seq)
     self._cancel.clear()
     return events
