@@ -179,3 +179,37 @@ def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp
       p.send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=120) for p in procs]
   assert codes == [0, 0]  # SIGTERM: process 0 stops serving and tells process 1 to stop
+
+
+_LOCAL_ENGINE = """
+import json, sys
+from z1_jax import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import jax, z1_jax
+from z1_jax.infer.engine import Engine, Request
+from z1_jax.model.sharding import LogicalRules, SERVING_RULES, make_mesh
+rank = jax.process_index()
+rules = LogicalRules(make_mesh(2, 1, 1, devices=jax.local_devices()), SERVING_RULES)
+model = z1_jax.load_hf(sys.argv[3], rules=rules)
+engine = Engine(model, slots=2, max_seq_len=64, eos_ids=[])
+reqs = [Request(i, [3 + rank, 4, 5 + i], max_new_tokens=6 + 5 * rank * i) for i in range(3)]
+print(json.dumps([g.tokens for g in engine.run(reqs)]))
+"""
+
+
+@pytest.mark.slow
+def test_each_host_may_run_its_own_engine_on_its_own_devices(model_dirs):
+  """An engine on one process's devices reads its rows locally, with no collective: two
+  hosts decoding different work do not meet in gloo (before: a size-mismatch abort)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, "-c", _LOCAL_ENGINE, f"127.0.0.1:{port}", str(i),
+                             str(model_dirs / "hf")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  lengths = [[len(t) for t in json.loads(out.strip().splitlines()[-1])] for out in outs]
+  assert lengths == [[6, 6, 6], [6, 11, 16]]

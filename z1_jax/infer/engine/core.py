@@ -27,11 +27,14 @@ DEVICE_MEMORY_SHARE = 0.9  # default pool on TPU/GPU: this share of free memory 
 
 
 def _to_host(tree):
-  """Device arrays to numpy (every process gets the whole arrays)."""
-  if jax.process_count() > 1:
+  """Device arrays to numpy. Arrays spread over several processes (an engine on a pod mesh)
+  are gathered so every process gets the whole arrays; arrays this process holds whole (an
+  engine on its own devices, one per host) are read locally, with no collective."""
+  leaves, treedef = jax.tree.flatten(tree)
+  if jax.process_count() > 1 and not all(x.is_fully_addressable for x in leaves):
     from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
-  return jax.device_get(tree)
+  return jax.tree.unflatten(treedef, jax.device_get(leaves))
 
 
 def batch_shards(model: Qwen2) -> int:
