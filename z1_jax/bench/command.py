@@ -41,7 +41,7 @@ def run(args) -> int:
   elif args.what == "serve":
     from z1_jax.bench.serve import bench_serve
     rows = bench_serve(args.requests, args.clients, args.slots, tuple(args.budgets),
-                       args.answer_tokens, args.max_seq_len)
+                       args.answer_tokens, args.max_seq_len, args.mix)
   else:
     from z1_jax.bench.score import bench_score
     rows = bench_score(args.workers)
@@ -105,14 +105,18 @@ def add_parser(sub) -> None:
   bsw.add_argument("--workers", type=positive_int, default=None,
                    help="scoring workers (default: CPUs)")
   bsv = bench_sub.add_parser("serve", help="z1 serve over HTTP vs the offline engine: "
-                             "tokens/s, TTFT and per-token latency (tiny model)")
+                             "tokens/s, TTFT and inter-token latency (tiny model)")
   bsv.add_argument("--requests", type=positive_int, default=64, help="requests in the set")
   bsv.add_argument("--clients", type=positive_int, default=16, help="concurrent clients")
   bsv.add_argument("--slots", type=positive_int, default=8, help="engine slots, both sides")
   bsv.add_argument("--budgets", type=int_list, default=[32, 64, 128],
                    help="thinking budgets, cycled over the requests")
   bsv.add_argument("--answer-tokens", type=positive_int, default=32, help="answer allowance")
-  bsv.add_argument("--max-seq-len", type=positive_int, default=256, help="cache positions")
+  bsv.add_argument("--max-seq-len", type=positive_int, default=None,
+                   help="longest request (default: the mix's longest, bucketed)")
+  bsv.add_argument("--mix", choices=("simple", "z1"), default="simple",
+                   help="simple: short prompts cycling --budgets; z1: prompts of 100..2,000 "
+                        "tokens, budgets 64..4,096 (log-uniform), 64 answer tokens")
   pgd = bench_sub.add_parser("paged", help="the paged KV cache: the same short requests at "
                              "max_seq_len 512 and 16384; 128 rows from a 32,768-token pool")
   pgd.add_argument("--case", choices=("lengths", "capacity", "all"), default="all",

@@ -1,11 +1,19 @@
 """`z1 bench serve`: the same request set through `z1 serve` over HTTP (C concurrent streaming
 clients) and offline through the engine (`Engine.run`, what `z1 generate --prompts` runs), same
-slots; served tokens/s against offline, time to first token and per-token latency percentiles.
+slots; served tokens/s against offline, time to first token and inter-token latency
+percentiles.
 
 A tiny random model (preset `tiny`: the real Qwen vocabulary and tokenizer) saved as an HF
-checkpoint; requests mix thinking budgets (and one plain request in four), greedy, so both
-sides decode the same tokens. Compile time is left out of both (the server is timed after
-`/health` is 200; the offline engine after `warmup()`). Target: served >= 0.8x offline.
+checkpoint, greedy, so both sides decode the same tokens. Two request mixes:
+- `simple`: short text prompts cycling through `budgets` with `answer_tokens`.
+- `z1`: Z1-like lengths: prompts of log-uniform 100..2,000 tokens, thinking budgets
+  log-uniform 64..4,096 with 64 answer tokens (random weights never end early, so every row
+  runs its whole window: generations log-uniform up to 4,160 tokens); long prompts keep
+  arriving while others decode, which is what chunked prefill is for.
+Inter-token latency: each streamed chunk's gap since the last one, per token it carried
+(vLLM's `stream_options.continuous_usage_stats` gives the count); target p99 < 2x the median.
+Compile time is left out of both (the server is timed after `/health` is 200; the offline
+engine after `warmup()`). Target: served >= 0.8x offline.
 """
 
 from __future__ import annotations
@@ -22,12 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def _requests(n: int, budgets: tuple[int, ...], answer_tokens: int):
-  out = []
-  for i in range(n):
-    budget = budgets[i % len(budgets)]
-    out.append((f"x = {i}; print(x * {i % 7})", budget, answer_tokens))
-  return out
+def _requests(n: int, budgets: tuple[int, ...], answer_tokens: int, mix: str, tokenizer,
+              vocab: int, seed: int = 0):
+  """[(prompt ids, budget, answer tokens)] of the mix (see the module docstring)."""
+  import numpy as np
+  if mix == "simple":
+    return [(tokenizer.encode(f"x = {i}; print(x * {i % 7})", add_special_tokens=False),
+             budgets[i % len(budgets)], answer_tokens) for i in range(n)]
+  rng = np.random.RandomState(seed)
+  log_uniform = lambda lo, hi: int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+  return [(rng.randint(0, vocab, log_uniform(100, 2000)).tolist(), log_uniform(64, 4096), 64)
+          for _ in range(n)]
 
 
 def _pct(xs, q):
@@ -37,15 +50,17 @@ def _pct(xs, q):
 
 def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
                 budgets: tuple[int, ...] = (32, 64, 128), answer_tokens: int = 32,
-                max_seq_len: int = 256) -> list[dict]:
+                max_seq_len: int | None = None, mix: str = "simple") -> list[dict]:
   import httpx
   import z1_jax
   from z1_jax.data.tokenizer import load_tokenizer
-  from z1_jax.infer.engine import Engine, Request
+  from z1_jax.infer.engine import Engine, Request, bucket
 
   tokenizer = load_tokenizer()
   model = z1_jax.create_model(z1_jax.get_preset("tiny"))
-  work = _requests(requests, budgets, answer_tokens)
+  work = _requests(requests, budgets, answer_tokens, mix, tokenizer, model.cfg.vocab_size)
+  longest = max(len(p) + b + a for p, b, a in work)
+  max_seq_len = max_seq_len or bucket(longest)
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "bench-tiny"
     z1_jax.save_hf(model, path, dtype="float32", tokenizer=tokenizer)
@@ -54,8 +69,8 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
     engine = Engine(z1_jax.load_hf(path), slots=slots, max_seq_len=max_seq_len,
                     tokenizer=tokenizer)
     engine.warmup()
-    reqs = [Request(id=i, prompt_ids=tokenizer.encode(p, add_special_tokens=False),
-                    thinking_budget=b, answer_tokens=a) for i, (p, b, a) in enumerate(work)]
+    reqs = [Request(id=i, prompt_ids=p, thinking_budget=b, answer_tokens=a)
+            for i, (p, b, a) in enumerate(work)]
     t0 = time.perf_counter()
     gens = engine.run(reqs)
     offline_s = time.perf_counter() - t0
@@ -78,38 +93,38 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
         m = re.search(r"ready on (http://\S+)", line)
         url = m.group(1) if m else None
       threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-      ttft, per_token, latency, tokens = [], [], [], []
+      ttft, itl, per_request, latency, tokens = [], [], [], [], []
 
       def one(item):
         prompt, budget, answer = item
         body = {"model": "bench-tiny", "prompt": prompt, "temperature": 0, "stream": True,
                 "thinking_token_budget": budget, "answer_tokens": answer,
-                "stream_options": {"include_usage": True}}
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
         start = time.perf_counter()
         first = last = None
-        gaps = []
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
+        seen = 0  # completion tokens counted so far (continuous usage)
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=3600) as r:
           r.raise_for_status()
           for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
               continue
             chunk = json.loads(line[6:])
             now = time.perf_counter()
-            if chunk.get("usage"):
-              tokens.append(chunk["usage"]["completion_tokens"])
+            count = (chunk.get("usage") or {}).get("completion_tokens")
+            if not chunk.get("choices"):  # the final usage chunk
+              tokens.append(count)
               continue
-            c = chunk["choices"][0]
-            if c.get("text") or c.get("reasoning_content"):
-              if first is None:
-                first = now
-              elif last is not None:
-                gaps.append(now - last)
-              last = now
+            if count is None or count <= seen:
+              continue
+            if first is None:
+              first = now
+            else:
+              itl.extend([(now - last) / (count - seen)] * (count - seen))
+            seen, last = count, now
         latency.append(time.perf_counter() - start)
         ttft.append(first - start)
-        n = tokens[-1] if tokens else 0
-        if n > 1 and last is not None and last > first:
-          per_token.append((last - first) / (n - 1))
+        if seen > 1 and last > first:
+          per_request.append((last - first) / (seen - 1))
 
       t0 = time.perf_counter()
       with ThreadPoolExecutor(clients) as pool:
@@ -119,17 +134,15 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
       proc.terminate()
       proc.wait(timeout=120)
   served_tokens = sum(tokens)
-  with open("/proc/loadavg") as f:
-    load = f.read().split()[0]
-  return [{"what": "offline engine", "requests": requests, "slots": slots,
-           "tokens": offline_tokens, "seconds": offline_s,
+  return [{"what": "offline engine", "mix": mix, "requests": requests, "slots": slots,
+           "max_seq_len": max_seq_len, "tokens": offline_tokens, "seconds": offline_s,
            "tokens_per_s": offline_tokens / offline_s},
           {"what": "z1 serve (HTTP, streamed)", "clients": clients, "slots": slots,
            "tokens": served_tokens, "seconds": served_s,
            "tokens_per_s": served_tokens / served_s,
            "vs_offline": (served_tokens / served_s) / (offline_tokens / offline_s),
            "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
-           "per_token_p50_ms": 1e3 * _pct(per_token, 50),
-           "per_token_p99_ms": 1e3 * _pct(per_token, 99),
-           "latency_p50_s": _pct(latency, 50), "latency_p99_s": _pct(latency, 99),
-           "loadavg": load, "cpus": os.cpu_count()}]
+           "itl_p50_ms": 1e3 * _pct(itl, 50), "itl_p99_ms": 1e3 * _pct(itl, 99),
+           "itl_p99_over_p50": _pct(itl, 99) / _pct(itl, 50), "itl_target": 2.0,
+           "per_request_token_p50_ms": 1e3 * _pct(per_request, 50),
+           "latency_p50_s": _pct(latency, 50), "latency_p99_s": _pct(latency, 99)}]
