@@ -250,6 +250,9 @@ def test_after_warmup_no_request_compiles(tiny):
                         (9, dict(stop_token_ids=(5,), min_tokens=3))]]
   engine.run(reqs)
   engine.sweep([Request("s", prompts[2], answer_tokens=4)], [8, 12])
+  # an engine of the same shapes (`generate` builds one per call) finds them compiled too
+  again = _engine(model, slots=2, max_seq_len=64, prefill_tokens=32)
+  again.run(reqs[:2])
   assert compiles == []
 
 

@@ -227,15 +227,13 @@ class Runner:
 
   def _restart(self, error: str, trace: str) -> None:
     """After a step that raised: the requests in the engine fail, a fresh engine takes over
-    (with the old one's compiled programs: the shapes are the same)."""
+    (it finds the old one's compiled programs: the shapes are the same)."""
     message = f"the engine's step failed: {error}"
     self._log(f"z1 serve: {message}; failing the {len(self._sinks)} requests in the engine "
               "and starting it afresh\n" + trace)
-    programs = self.engine.programs
     self.engine = None  # its cache is freed before the new one is made (HBM holds one)
     gc.collect()
     self.engine = self._make_engine()
-    self.engine.programs.update(programs)
     for rid, sink in list(self._sinks.items()):  # once the server can take their retries
       self._finish(rid, sink, Failed(message, 500))
 

@@ -22,6 +22,7 @@ from z1_jax.infer.engine.scheduler import Scheduler, Seq, pages_for
 from z1_jax.infer.sampling import variant
 from z1_jax.model.qwen2 import Qwen2, init_pools
 
+_COMPILED: dict = {}  # (engine signature, program key) -> executable, for this process
 CPU_POOL_TOKENS = 65_536  # default pool on CPU (per engine), at most slots x max_seq_len
 DEVICE_MEMORY_SHARE = 0.9  # default pool on TPU/GPU: this share of free memory after weights
 
@@ -143,7 +144,7 @@ class Engine:
         trigger_len=lambda mode: len(self.trigger_ids(mode)))
     self._ids: set = set()
     self._cancel: set = set()
-    self.programs: dict = {}  # compiled executables (`warmup`), reusable by an equal engine
+    self._signature = self._program_signature()
     self._in_flight = None  # a dispatched decode chunk not yet read (see `step`)
     self.decode_chunks = 0  # dispatches
     self.decode_steps = 0  # device decode steps (loop iterations that placed a token)
@@ -218,11 +219,26 @@ class Engine:
       self._small_exe(name)
 
   def _exe(self, key, lower):
-    """The executable for `key`, compiled (from `lower()`) on first use and kept."""
-    exe = self.programs.get(key)
+    """The executable for `key`, compiled (from `lower()`) on first use and kept for every
+    engine of the same signature (`_COMPILED`)."""
+    exe = _COMPILED.get((self._signature, key))
     if exe is None:
-      exe = self.programs[key] = lower().compile()
+      exe = _COMPILED[(self._signature, key)] = lower().compile()
     return exe
+
+  @property
+  def programs(self) -> list:
+    """The compiled programs this engine has (by its own keys)."""
+    return [key for sig, key in _COMPILED if sig == self._signature]
+
+  def _program_signature(self) -> tuple:
+    """What every program of this engine depends on: the model's structure, its parameters'
+    and the state's shapes, dtypes and shardings, the markers and the step sizes. Engines
+    equal in all of it share their executables (`generate` and `sweep` build a new engine per
+    call; a server rebuilds its engine after a failed step)."""
+    spec = lambda tree: tuple((x.shape, str(x.dtype), x.sharding) for x in jax.tree.leaves(tree))
+    return (self.graphdef, spec(self.params), spec(self._state), self.markers, self.chunk_steps,
+            self.table_width, self._row_shardings)
 
   def _device_rows(self, rows: window.Rows) -> window.Rows:
     """Host rows as device arrays in the rows' layout (every process passes the same values)."""
