@@ -141,3 +141,19 @@ def test_a_stop_string_inside_the_trigger_does_not_end_the_row(qwen_tiny):
   stopped = engine.run([Request(1, prompt, stop=stops, **kw)])[0]
   assert stopped.tokens == plain.tokens
   assert stopped.hit_budget and not stopped.ended and stopped.stop_reason is None
+
+
+def test_a_slot_freed_by_a_stop_string_serves_the_next_request_whole(qwen_tiny):
+  """The stopped row's slot is released before the next row is written into it (in the other
+  order, the next request came back finished with no tokens). One-token prompts need no
+  prefill, so the next row is written in the step the slot frees."""
+  model, tok = qwen_tiny
+  prompts = [[tok.encode(t, add_special_tokens=False)[0]] for t in ("a", "b", "c")]
+  engine = Engine(model, slots=1, max_seq_len=128, tokenizer=tok, chunk_steps=4)
+  free = [engine.run([Request(i, p, max_new_tokens=20, ignore_eos=True)])[0]
+          for i, p in enumerate(prompts)]
+  stops = [g.text[len(g.text) // 2:len(g.text) // 2 + 2] for g in free]
+  got = engine.run([Request(i, p, max_new_tokens=20, ignore_eos=True, stop=(s,))
+                    for i, (p, s) in enumerate(zip(prompts, stops))])
+  for g, f, s in zip(got, free, stops):
+    assert g.text == f.text[:f.text.find(s)] and g.stop_reason == s, (g, f.text, s)

@@ -287,6 +287,15 @@ class Engine:
   def _flush(self) -> None:
     """Sends pending row writes and releases to the device."""
     sched = self.sched
+    # releases first: a slot freed this step (a stop string, a cancel) may already hold the
+    # next row, whose install must not be marked done after it
+    if sched.releases:
+      slot_ids = np.full((self.slots,), self.slots, np.int32)
+      slot_ids[:len(sched.releases)] = sched.releases
+      self._state = self._small_exe("release")(self._state, slot_ids)
+      for slot in sched.releases:
+        self._rows["done"][slot] = True
+      sched.releases.clear()
     if sched.installs:
       slot_ids = np.full((self.slots,), self.slots, np.int32)  # padding is dropped
       rows = {f: v.copy() for f, v in rows_init(self.slots)._asdict().items()}
@@ -297,13 +306,6 @@ class Engine:
           self._rows[f][slot] = v
       self._state = self._small_exe("install")(self._state, slot_ids, window.Rows(**rows))
       sched.installs.clear()
-    if sched.releases:
-      slot_ids = np.full((self.slots,), self.slots, np.int32)
-      slot_ids[:len(sched.releases)] = sched.releases
-      self._state = self._small_exe("release")(self._state, slot_ids)
-      for slot in sched.releases:
-        self._rows["done"][slot] = True
-      sched.releases.clear()
 
   def _fresh_state(self, seq: Seq) -> dict:
     req, sampling = seq.req, seq.sampling
