@@ -28,15 +28,15 @@ def env():
   from z1_jax.serve.protocol import Defaults
   from z1_jax.serve.runner import Runner
   from z1_jax.infer.engine import Request
-  from z1_jax.serve.protocol import DEFAULT_SYSTEM_PROMPT, chat_prompt
+  from z1_jax.serve.protocol import ChatTemplate
   tok = load_tokenizer()
   model = z1_jax.create_model(z1_jax.get_preset("tiny"))
   engines, logs = [], []
   # A random model never ends by itself: the token ENDS_EARLY's request samples 4th (as a
   # completion and as a chat) is made an end id, so that row ends inside its window.
   probe = Engine(model, slots=2, max_seq_len=CONTEXT, tokenizer=tok)
-  texts = {False: ENDS_EARLY["prompt"], True: chat_prompt(
-      [{"role": "user", "content": ENDS_EARLY["prompt"]}], DEFAULT_SYSTEM_PROMPT)}
+  texts = {False: ENDS_EARLY["prompt"], True: ChatTemplate(tok).render(
+      [{"role": "user", "content": ENDS_EARLY["prompt"]}])}
   ends = {}
   for chat, text in texts.items():
     ids = tok.encode(text, add_special_tokens=False)
@@ -312,26 +312,31 @@ def test_the_request_parser_returns_only_what_the_engine_can_hold(env):
     else:
       raw = json.dumps(request_body(data, MODEL, 151936, chat)).encode()
     try:
-      p, req = prepare(raw, "chat" if chat else "completion", "r", engine=engine,
-                       tokenizer=tok, served_model=MODEL, defaults=Defaults(default),
-                       token_bytes=token_bytes)
+      p, prompts, reqs = prepare(raw, "chat" if chat else "completion", "r", engine=engine,
+                                 tokenizer=tok, served_model=MODEL, defaults=Defaults(default),
+                                 token_bytes=token_bytes, max_choices=10)
     except ServeError as e:
       assert 400 <= e.status < 500 and e.message
       event(f"refused {e.param}")
       return
     event("accepted")
-    for name in ("top_k", "seed", "thinking_budget", "answer_tokens", "max_new_tokens"):
-      value = getattr(req, name)
-      assert value is None or (type(value) is int and 0 <= value < 2**31), (name, value)
-    assert 0 <= req.temperature <= 2 and (req.top_p is None or 0 < req.top_p <= 1)
-    assert all(type(i) is int and 0 <= i < 151936 for i in req.prompt_ids)
-    t = len(engine.trigger_ids(req.mode))
-    if req.thinking_budget is None:
-      total = req.max_new_tokens
-    else:
-      assert req.thinking_budget > t
-      total = req.thinking_budget + req.answer_tokens + (t if req.placement == "append" else 0)
-    assert len(req.prompt_ids) + total <= CONTEXT
+    assert len(reqs) == len(prompts) * p.n <= 10 and len({r.id for r in reqs}) == len(reqs)
+    for req in reqs:
+      for name in ("top_k", "seed", "thinking_budget", "answer_tokens", "max_new_tokens",
+                   "min_tokens", "logprobs", "prompt_logprobs"):
+        value = getattr(req, name)
+        assert value is None or (type(value) is int and 0 <= value < 2**31), (name, value)
+      assert 0 <= req.temperature <= 2 and (req.top_p is None or 0 < req.top_p <= 1)
+      assert all(type(i) is int and 0 <= i < 151936 for i in req.prompt_ids)
+      assert all(type(i) is int and 0 <= i < 151936 for i in req.stop_token_ids)
+      assert all(isinstance(s, str) and s for s in req.stop)
+      t = len(engine.trigger_ids(req.mode))
+      if req.thinking_budget is None:
+        total = req.max_new_tokens
+      else:
+        assert req.thinking_budget > t
+        total = req.thinking_budget + req.answer_tokens + (t if req.placement == "append" else 0)
+      assert len(req.prompt_ids) + total <= CONTEXT
 
   check()
 
