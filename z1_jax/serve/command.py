@@ -6,7 +6,8 @@ model loaded, the engine compiled on its thread while uvicorn already
 listens (`GET /health` is 503 until then, 200 after); the address and progress go to stderr.
 SIGTERM / SIGINT: stop accepting, let what is in flight finish for `--shutdown-timeout` seconds
 (then cancel it), stop the engine, exit 0. On a pod slice every process runs the engine and
-process 0 serves HTTP (`runner` broadcasts its requests).
+process 0 serves HTTP (`runner` broadcasts its requests); the other processes stop when process
+0 tells them (their own SIGTERM waits for that).
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ def run_serve(args) -> int:
                                  **cache_options(args)), log=_log)
   runner.start()
   if not lead:  # a pod's other processes: the engine only, driven by process 0's broadcasts
+    # SIGTERM (a slice's shutdown signals every host) waits for process 0's stop: dying at once
+    # broke the collective process 0 was in, while it still drained its requests in flight
+    signal.signal(signal.SIGTERM, lambda *_: _log("z1 serve: SIGTERM: stopping when process "
+                                                  "0 does"))
     runner._thread.join()
     return 0 if runner.failed is None else 1
   from z1_jax.serve.app import create_app
