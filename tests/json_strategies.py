@@ -22,8 +22,11 @@ BODY = {
     "top_k": st.integers(1, 50) | st.just(-1), "seed": st.integers(0, 2**31 - 1),
     "placement": st.sampled_from(["replace", "append"]), "mode": st.sampled_from(["z1", "s1"]),
     "stream": st.booleans(), "stream_options": st.fixed_dictionaries(
-        {"include_usage": st.booleans()}), "n": st.just(1), "stop": st.just([]),
-    "logprobs": st.just(False), "echo": st.just(False),
+        {"include_usage": st.booleans(), "continuous_usage_stats": st.booleans()}),
+    "n": st.integers(1, 3), "stop": st.one_of(TEXT, st.lists(TEXT, max_size=3)),
+    "stop_token_ids": st.lists(st.integers(0, 151940), max_size=3),
+    "logprobs": st.one_of(st.booleans(), st.integers(0, 6)), "top_logprobs": st.integers(0, 21),
+    "echo": st.booleans(), "ignore_eos": st.booleans(), "min_tokens": st.integers(0, 10),
 }
 # `z1 generate --prompts` row fields -> a valid value
 ROW = {
@@ -55,6 +58,10 @@ def request_body(data, served_model: str, vocab: int, chat: bool) -> dict:
   elif choice and chat:
     body[key] = [{"role": "user", "content": data.draw(st.text(min_size=1, max_size=10)
                                                         if choice > 1 else TEXT)}]
+  elif choice == 5:  # a batch of prompts
+    body[key] = data.draw(st.lists(st.text(min_size=1, max_size=6) |
+                                   st.lists(st.integers(0, vocab + 2), min_size=1, max_size=4),
+                                   min_size=1, max_size=3))
   elif choice:
     body[key] = data.draw(st.text(min_size=1, max_size=10) if choice > 2 else
                           st.lists(st.integers(0, vocab + 2), min_size=1, max_size=6)

@@ -132,14 +132,28 @@ def test_convert_reads_and_writes_file_uris_and_refuses_other_uri_outputs(model_
 def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp_path):
   """Process 0 serves HTTP and broadcasts each turn's requests; both run the engine. One prompt
   is 10,000 token ids, 78 KB of JSON on the wire: past the 64 KiB of a turn's first broadcast
-  (it killed the engine thread), the rest goes in a second one."""
+  (it killed the engine thread), the rest goes in a second one. A request with n=2 samples, a
+  stop string and log-probabilities (its stop strings and stop ids cross the broadcast as
+  lists) equals one process's engine."""
+  import dataclasses
   import random
 
   import httpx
   import openai
 
+  import z1_jax
   from z1_jax.data.tokenizer import load_tokenizer
+  from z1_jax.infer.engine import Engine, Request
   ids = load_tokenizer().encode("print(1 + 1)", add_special_tokens=False)
+  engine = Engine(z1_jax.load_hf(model_dirs / "hf"), slots=2, max_seq_len=64,
+                  tokenizer=load_tokenizer(model_dirs / "hf"))
+  samples = [Request(i, ids, max_new_tokens=12, temperature=1.0, seed=7, row_id=i, logprobs=2)
+             for i in range(2)]
+  text = engine.run(samples)[0].text
+  stop = text[4:6]
+  want = engine.run([dataclasses.replace(r, id=f"s{r.row_id}", stop=(stop,)) for r in samples])
+  assert want[0].stop_reason == stop and want[0].text != want[1].text
+  del engine
   rng = random.Random(0)
   long_ids = [rng.randrange(100_000, 151_000) for _ in range(10_000)]
   assert len(json.dumps(long_ids)) > 1.2 * (1 << 16)
@@ -173,6 +187,12 @@ def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp
     trigger = "\n\nI overthought it, the final answer should be:\n\n"
     assert r.choices[0].model_extra["reasoning_content"] + trigger + r.choices[0].text == short[
         "text"]
+    r = client.completions.create(model="hf", prompt=ids, n=2, max_tokens=12, temperature=1.0,
+                                  seed=7, stop=[stop], logprobs=2)
+    for choice, gen in zip(r.choices, want, strict=True):
+      assert (choice.text, choice.finish_reason) == (gen.text, gen.finish_reason)
+      assert choice.logprobs.token_logprobs == pytest.approx(gen.logprobs, abs=1e-4)
+      assert len(choice.logprobs.tokens) == len(gen.tokens)
     assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
   finally:
     for p in procs:

@@ -1,6 +1,7 @@
 """`z1 serve` against the real `openai` client and httpx, one live server (a subprocess on
 127.0.0.1, a tiny random model with the Qwen tokenizer) for the whole module: chat and
-completions, streamed and not, budgets, equality with `z1 generate --json`, 28 kinds of bad
+completions, streamed and not, budgets, equality with `z1 generate --json`, n samples, stop
+strings, log-probabilities, echo, reasoning, the chat prompt, /metrics, 36 kinds of bad
 requests, a bounded load test, a client that disconnects, SIGTERM with requests in flight."""
 
 import json
@@ -155,8 +156,23 @@ BAD = [
     ("max_tokens str", {"model": MODEL, "prompt": "x", "max_tokens": "9"}, 400, "max_tokens"),
     ("temperature", {"model": MODEL, "prompt": "x", "temperature": 3}, 400, "temperature"),
     ("top_p 0", {"model": MODEL, "prompt": "x", "top_p": 0}, 400, "top_p"),
-    ("n 2", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
-    ("stop", {"model": MODEL, "prompt": "x", "stop": ["\n"]}, 400, "stop"),
+    ("n 129", {"model": MODEL, "prompt": "x", "n": 129}, 400, "n"),
+    ("n past slots + queue", {"model": MODEL, "prompt": "x", "n": 69}, 400, "n"),
+    ("stop not text", {"model": MODEL, "prompt": "x", "stop": [1]}, 400, "stop"),
+    ("17 stop strings", {"model": MODEL, "prompt": "x", "stop": list("abcdefghijklmnopq")},
+     400, "stop"),
+    ("9 stop_token_ids", {"model": MODEL, "prompt": "x", "stop_token_ids": list(range(9))},
+     400, "stop_token_ids"),
+    ("top_logprobs on completions", {"model": MODEL, "prompt": "x", "top_logprobs": 2}, 400,
+     "top_logprobs"),
+    ("chat top_logprobs 21", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                              "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ("chat echo", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                   "echo": True}, 400, "echo"),
+    ("echo + logprobs + budget", {"model": MODEL, "prompt": "x", "echo": True, "logprobs": 1,
+                                  "thinking_token_budget": 20}, 400, "echo"),
+    ("repetition_penalty", {"model": MODEL, "prompt": "x", "repetition_penalty": 1.1}, 400,
+     "repetition_penalty"),
     ("budget <= trigger", {"model": MODEL, "prompt": "x", "max_tokens": 30,
                            "thinking_token_budget": 5}, 400, "thinking_token_budget"),
     ("no room to answer", {"model": MODEL, "prompt": "x", "max_tokens": 20,
@@ -178,7 +194,7 @@ BAD = [
     ("not UTF-8", b'{"model": "tiny-z1", "prompt": "\xff"}', 400, None),
     ("bad message role", {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
      400, "messages"),
-    ("logprobs", {"model": MODEL, "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ("logprobs 6", {"model": MODEL, "prompt": "x", "logprobs": 6}, 400, "logprobs"),
     ("stream not bool", {"model": MODEL, "prompt": "x", "stream": "yes"}, 400, "stream"),
 ]
 
@@ -198,6 +214,119 @@ def test_bad_requests_each_get_their_4xx_and_the_server_keeps_serving(server):
   r = _client(server).completions.create(model=MODEL, prompt="x", max_tokens=3, temperature=0)
   assert r.usage.completion_tokens == 3
   assert _health(server)["in_flight"] == 0
+
+
+def _joined_stream(chunks):
+  """Per choice index: text, reasoning, legacy log-probabilities, finish reason."""
+  out = {}
+  for c in chunks:
+    for ch in c.choices:
+      o = out.setdefault(ch.index, {"text": "", "reasoning": "", "lp": [], "finish": None})
+      extra = (ch.delta.model_extra if hasattr(ch, "delta") else ch.model_extra) or {}
+      o["text"] += (ch.delta.content if hasattr(ch, "delta") else ch.text) or ""
+      o["reasoning"] += extra.get("reasoning") or ""
+      if ch.logprobs is not None:
+        o["lp"].append(ch.logprobs.model_dump(exclude_none=False))
+      o["finish"] = ch.finish_reason or o["finish"]
+  return out
+
+
+def test_openai_client_n_stop_logprobs_echo_streamed_and_whole(server):
+  """What pass@k harnesses and lm-eval send, through the `openai` client: n samples (distinct
+  without a seed, repeated with one), stop strings, legacy log-probabilities, echo; each
+  streamed equal to its whole response."""
+  client = _client(server)
+  kw = dict(model=MODEL, prompt="def add(a, b):", max_tokens=12)
+  samples = client.completions.create(n=3, temperature=1.0, **kw)
+  assert [c.index for c in samples.choices] == [0, 1, 2]
+  assert len({c.text for c in samples.choices}) == 3
+  seeded = [[c.text for c in client.completions.create(n=3, temperature=1.0, seed=4,
+                                                       **kw).choices] for _ in range(2)]
+  assert seeded[0] == seeded[1]
+  greedy = client.completions.create(temperature=0, **kw).choices[0].text
+  stop = greedy[len(greedy) // 2:len(greedy) // 2 + 2]
+  cases = [dict(n=3, temperature=1.0, seed=4), dict(temperature=0, stop=[stop, "\n\n\n"]),
+           dict(temperature=0, logprobs=3), dict(temperature=0, echo=True, logprobs=1)]
+  for case in cases:
+    whole = client.completions.create(**kw, **case)
+    chunks = list(client.completions.create(**kw, **case, stream=True))
+    streamed = _joined_stream(chunks)
+    for c in whole.choices:
+      s = streamed[c.index]
+      assert (s["text"], s["finish"]) == (c.text, c.finish_reason), case
+      if case.get("logprobs") is not None:
+        parts = s["lp"]
+        joined = {k: [x for p in parts for x in p[k]] for k in parts[0]}
+        assert joined == c.logprobs.model_dump(exclude_none=False), case
+  r = client.completions.create(**kw, temperature=0, stop=[stop])
+  assert r.choices[0].text == greedy[:greedy.index(stop)]
+  assert r.choices[0].finish_reason == "stop" and r.choices[0].model_extra["stop_reason"] == stop
+  r = client.completions.create(**kw, temperature=0, logprobs=3)
+  lp = r.choices[0].logprobs
+  assert len(lp.tokens) == len(lp.token_logprobs) == r.usage.completion_tokens == 12
+  assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == 0
+  assert all(len(d) <= 4 and max(d.values()) <= 0 for d in lp.top_logprobs)
+  r = client.completions.create(**{**kw, "max_tokens": 1}, temperature=0, echo=True,
+                                logprobs=1)
+  lp = r.choices[0].logprobs
+  assert r.choices[0].text.startswith("def add(a, b):") and lp.token_logprobs[0] is None
+  assert len(lp.tokens) == r.usage.prompt_tokens + 1
+
+
+def test_openai_client_chat_logprobs_and_reasoning(server):
+  client = _client(server)
+  kw = dict(model=MODEL, messages=[{"role": "user", "content": "add 2 and 3"}], max_tokens=30,
+            temperature=0, logprobs=True, top_logprobs=4,
+            extra_body={"thinking_token_budget": 20})
+  r = client.chat.completions.create(**kw)
+  m = r.choices[0].message
+  assert m.model_extra["reasoning"] == m.model_extra["reasoning_content"] and m.content
+  content = r.choices[0].logprobs.content
+  assert len(content) == r.usage.completion_tokens == 30
+  assert all(len(t.top_logprobs) == 4 and t.logprob <= 0 for t in content)
+  chunks = list(client.chat.completions.create(**kw, stream=True))
+  s = _joined_stream(chunks)[0]
+  assert (s["reasoning"], s["text"]) == (m.model_extra["reasoning"], m.content)
+  assert [x for p in s["lp"] for x in p["content"]] == r.choices[0].logprobs.model_dump()[
+      "content"]
+
+
+def test_the_chat_prompt_is_the_training_prompt(server):
+  """The checkpoint was written by `save_hf`: its tokenizer's template is Z1's, so the served
+  chat prompt is `data.format.render_prompt`'s (the offline tokenizer's own template has no
+  default system prompt)."""
+  from z1_jax.data.format import render_prompt
+  from z1_jax.data.tokenizer import load_tokenizer
+  r = _client(server).chat.completions.create(
+      model=MODEL, messages=[{"role": "user", "content": "Is 1001 prime?"}], max_tokens=1,
+      temperature=0)
+  want = load_tokenizer().encode(render_prompt("Is 1001 prime?"), add_special_tokens=False)
+  assert r.usage.prompt_tokens == len(want)
+  assert any("chat prompts from the tokenizer's chat_template" in line for line in server["log"])
+
+
+def _metrics(server) -> dict:
+  from prometheus_client.parser import text_string_to_metric_families
+  text = httpx.get(server["url"] + "/metrics", timeout=10).text
+  return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+          if "le" not in s.labels and "finished_reason" not in s.labels}
+
+
+def test_metrics_count_what_was_served(server):
+  client = _client(server)
+  before = _metrics(server)
+  rs = [client.completions.create(model=MODEL, prompt="x", max_tokens=7, temperature=0, n=2),
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "y"}],
+                                       max_tokens=24, temperature=0,
+                                       extra_body={"thinking_token_budget": 16})]
+  after = _metrics(server)
+  d = lambda k: after[k] - before.get(k, 0)
+  assert d("vllm:prompt_tokens_total") == sum(r.usage.prompt_tokens for r in rs)
+  assert d("vllm:generation_tokens_total") == sum(r.usage.completion_tokens for r in rs) == 38
+  assert d("z1:reasoning_tokens_total") == 4 and d("z1:thinking_budget_hits_total") == 1
+  assert d("vllm:time_to_first_token_seconds_count") == 3
+  assert d("vllm:e2e_request_latency_seconds_count") == 2
+  assert after["vllm:num_requests_running"] == 0 and 0 <= after["vllm:kv_cache_usage_perc"] <= 1
 
 
 def test_load_mixed_budgets_no_slot_leaked(server):

@@ -28,22 +28,22 @@ def env():
   from z1_jax.serve.protocol import Defaults
   from z1_jax.serve.runner import Runner
   from z1_jax.infer.engine import Request
-  from z1_jax.serve.protocol import DEFAULT_SYSTEM_PROMPT, chat_prompt
+  from z1_jax.serve.protocol import ChatTemplate
   tok = load_tokenizer()
   model = z1_jax.create_model(z1_jax.get_preset("tiny"))
   engines, logs = [], []
   # A random model never ends by itself: the token ENDS_EARLY's request samples 4th (as a
   # completion and as a chat) is made an end id, so that row ends inside its window.
   probe = Engine(model, slots=2, max_seq_len=CONTEXT, tokenizer=tok)
-  texts = {False: ENDS_EARLY["prompt"], True: chat_prompt(
-      [{"role": "user", "content": ENDS_EARLY["prompt"]}], DEFAULT_SYSTEM_PROMPT)}
-  ends = {}
+  texts = {False: ENDS_EARLY["prompt"], True: ChatTemplate(tok).render(
+      [{"role": "user", "content": ENDS_EARLY["prompt"]}])}
+  ends, sampled = {}, {}
   for chat, text in texts.items():
     ids = tok.encode(text, add_special_tokens=False)
     out = probe.run([Request(0, ids, max_new_tokens=6, temperature=ENDS_EARLY["temperature"],
                              seed=ENDS_EARLY["seed"])])[0].tokens
     assert out[3] not in out[:3], out
-    ends[chat] = out[3]
+    ends[chat], sampled[chat] = out[3], out
   eos = tuple(probe.markers.eos_ids) + tuple(ends.values())
   del probe
 
@@ -62,7 +62,8 @@ def env():
   for c in clients.values():
     c.__enter__()
   yield {"client": clients["plain"], "default": clients["default"], "big": clients["big"],
-         "runner": runner, "engines": engines, "tok": tok, "logs": logs, "make": make}
+         "runner": runner, "engines": engines, "tok": tok, "logs": logs, "make": make,
+         "sampled": sampled[False]}
   for c in clients.values():
     c.__exit__(None, None, None)
   runner.stop(timeout=30)
@@ -312,26 +313,31 @@ def test_the_request_parser_returns_only_what_the_engine_can_hold(env):
     else:
       raw = json.dumps(request_body(data, MODEL, 151936, chat)).encode()
     try:
-      p, req = prepare(raw, "chat" if chat else "completion", "r", engine=engine,
-                       tokenizer=tok, served_model=MODEL, defaults=Defaults(default),
-                       token_bytes=token_bytes)
+      p, prompts, reqs = prepare(raw, "chat" if chat else "completion", "r", engine=engine,
+                                 tokenizer=tok, served_model=MODEL, defaults=Defaults(default),
+                                 token_bytes=token_bytes, max_choices=10)
     except ServeError as e:
       assert 400 <= e.status < 500 and e.message
       event(f"refused {e.param}")
       return
     event("accepted")
-    for name in ("top_k", "seed", "thinking_budget", "answer_tokens", "max_new_tokens"):
-      value = getattr(req, name)
-      assert value is None or (type(value) is int and 0 <= value < 2**31), (name, value)
-    assert 0 <= req.temperature <= 2 and (req.top_p is None or 0 < req.top_p <= 1)
-    assert all(type(i) is int and 0 <= i < 151936 for i in req.prompt_ids)
-    t = len(engine.trigger_ids(req.mode))
-    if req.thinking_budget is None:
-      total = req.max_new_tokens
-    else:
-      assert req.thinking_budget > t
-      total = req.thinking_budget + req.answer_tokens + (t if req.placement == "append" else 0)
-    assert len(req.prompt_ids) + total <= CONTEXT
+    assert len(reqs) == len(prompts) * p.n <= 10 and len({r.id for r in reqs}) == len(reqs)
+    for req in reqs:
+      for name in ("top_k", "seed", "thinking_budget", "answer_tokens", "max_new_tokens",
+                   "min_tokens", "logprobs", "prompt_logprobs"):
+        value = getattr(req, name)
+        assert value is None or (type(value) is int and 0 <= value < 2**31), (name, value)
+      assert 0 <= req.temperature <= 2 and (req.top_p is None or 0 < req.top_p <= 1)
+      assert all(type(i) is int and 0 <= i < 151936 for i in req.prompt_ids)
+      assert all(type(i) is int and 0 <= i < 151936 for i in req.stop_token_ids)
+      assert all(isinstance(s, str) and s for s in req.stop)
+      t = len(engine.trigger_ids(req.mode))
+      if req.thinking_budget is None:
+        total = req.max_new_tokens
+      else:
+        assert req.thinking_budget > t
+        total = req.thinking_budget + req.answer_tokens + (t if req.placement == "append" else 0)
+      assert len(req.prompt_ids) + total <= CONTEXT
 
   check()
 
@@ -347,3 +353,232 @@ def test_serve_refuses_a_context_past_the_models_positions_before_loading(hf_che
   assert main(["serve", "--hf", str(path), "--default-thinking-budget", "300",
                *tokenizer]) == 2
   assert "a one-token prompt would need" in capsys.readouterr().err
+
+
+# -- the OpenAI / vLLM controls through the app ----------------------------------------------------
+
+def _ok(client, body, path="/v1/completions") -> dict:
+  r = _post(client, {"model": MODEL, **body}, path)
+  assert r.status_code == 200, r.text
+  return r.json()
+
+
+def _choices(chunks, chat: bool) -> dict:
+  """A stream's chunks joined per choice index: text by field, logprobs, finish, usage."""
+  out = {}
+  for c in chunks:
+    assert "error" not in c, c
+    for ch in c["choices"]:
+      o = out.setdefault(ch["index"], {"content": "", "reasoning": "", "lp": [], "finish": [],
+                                       "usage": []})
+      d = ch["delta"] if chat else {**ch, "content": ch["text"]}
+      o["content"] += d.get("content") or ""
+      o["reasoning"] += d.get("reasoning") or ""
+      if ch["logprobs"]:
+        o["lp"].append(ch["logprobs"])
+      if ch["finish_reason"]:
+        o["finish"].append((ch["finish_reason"], ch["stop_reason"]))
+      if "usage" in c:
+        o["usage"].append(c["usage"]["completion_tokens"])
+  return out
+
+
+def _joined_logprobs(parts: list, chat: bool):
+  if chat:
+    return {"content": [x for p in parts for x in p["content"]], "refusal": None}
+  from z1_jax.serve.logprobs import join_completion
+  return join_completion(parts)
+
+
+STREAMED = {  # name -> (path, body)
+    "n, stop, logprobs, continuous usage": ("/v1/completions", {
+        "prompt": "hi", "max_tokens": 16, "n": 2, "temperature": 1.0, "seed": 5,
+        "logprobs": 2, "stop": ["STOP"]}),
+    "echo with logprobs (lm-eval's loglikelihood)": ("/v1/completions", {
+        "prompt": ["x = 1", "print(2)"], "max_tokens": 1, "temperature": 0, "echo": True,
+        "logprobs": 1}),
+    "echo scoring only": ("/v1/completions", {"prompt": "def f():", "max_tokens": 0,
+                                              "echo": True, "logprobs": 3}),
+    "echo without logprobs": ("/v1/completions", {"prompt": [[1, 2, 3]], "max_tokens": 4,
+                                                  "echo": True, "temperature": 0}),
+    "chat: n, budget, top_logprobs": ("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "n": 2, "temperature": 1.0,
+        "seed": 9, "thinking_token_budget": 16, "answer_tokens": 4, "logprobs": True,
+        "top_logprobs": 3}),
+}
+
+
+@pytest.mark.parametrize("name", list(STREAMED))
+def test_streamed_and_whole_agree_for_every_control(env, name):
+  """Per choice: the text of each field, the log-probabilities (joined over the chunks),
+  finish and stop reasons; the usage, and continuous usage counting up to each choice's
+  completion tokens."""
+  client = env["client"]
+  path, body = STREAMED[name]
+  chat = path.endswith("chat/completions")
+  if name.startswith("n, stop"):  # a stop string the first sample reaches (found greedily)
+    text = _ok(client, {**body, "stop": None, "n": 1})["choices"][0]["text"]
+    body = {**body, "stop": [text[len(text) // 2:len(text) // 2 + 2]]}
+  whole = _ok(client, body, path)
+  chunks = []
+  with client.stream("POST", path, json={"model": MODEL, **body, "stream": True,
+                                         "stream_options": {"include_usage": True,
+                                                            "continuous_usage_stats": True}}) as r:
+    assert r.status_code == 200
+    for line in r.iter_lines():
+      if line.startswith("data: ") and line != "data: [DONE]":
+        chunks.append(json.loads(line[6:]))
+  streamed = _choices(chunks, chat)
+  assert sorted(streamed) == [c["index"] for c in whole["choices"]] == list(
+      range(len(whole["choices"])))
+  for c in whole["choices"]:
+    s = streamed[c["index"]]
+    message = c["message"] if chat else {"content": c["text"], "reasoning": c.get("reasoning")}
+    assert s["content"] == message["content"] and s["reasoning"] == (message["reasoning"] or "")
+    assert s["finish"] == [(c["finish_reason"], c["stop_reason"])]
+    assert (_joined_logprobs(s["lp"], chat) if s["lp"] else None) == c["logprobs"]
+    assert s["usage"] == sorted(s["usage"]) and s["usage"][-1] == c["z1"]["thinking_tokens"] + (
+        c["z1"]["answer_tokens"] + (12 if c["z1"]["hit_budget"] else 0))
+  assert chunks[-1]["usage"] == whole["usage"]
+  n = body.get("n", 1)
+  if name.startswith("n, stop"):
+    a, b = whole["choices"]
+    assert a["finish_reason"] == "stop" and a["stop_reason"] == body["stop"][0]
+    assert a["text"] != b["text"]  # two samples of one prompt
+    lp = a["logprobs"]
+    assert len(lp["tokens"]) == a["z1"]["thinking_tokens"] == len(lp["text_offset"])
+    assert all(len(d) <= 3 and lp["tokens"][i] in d for i, d in enumerate(lp["top_logprobs"]))
+  elif name.startswith("echo"):
+    prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+    for c, prompt in zip(whole["choices"], prompts):
+      text = prompt if isinstance(prompt, str) else env["tok"].decode(prompt)
+      assert c["text"].startswith(text)
+      if "logprobs" in body:
+        lp = c["logprobs"]
+        k = len(env["tok"].encode(text, add_special_tokens=False))
+        assert len(lp["tokens"]) == k + body["max_tokens"]
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert all(v <= 0 for v in lp["token_logprobs"][1:])
+        assert "".join(lp["tokens"][:k]) == text and lp["text_offset"][k - 1] < len(text)
+  else:
+    assert len(whole["choices"]) == n and all(c["z1"]["hit_budget"] for c in whole["choices"])
+    content = whole["choices"][0]["logprobs"]["content"]
+    assert len(content) == 16 + 4 and all(len(x["top_logprobs"]) == 3 for x in content)
+
+
+def test_n_samples_share_the_prompts_pages_and_a_seed_repeats_them(env):
+  """The n samples are requests with one prompt: after the first prefills it, the others find
+  its full pages in the prefix cache (engine counters: prompt tokens looked up and found)."""
+  client, runner = env["client"], env["runner"]
+  prompt = "def longest_common_prefix(words):\n    # return the prefix shared by all\n" * 3
+  ids = env["tok"].encode(prompt, add_special_tokens=False)
+  full = (len(ids) - 1) // 16 * 16  # tokens in full pages (16-token pages on CPU)
+  assert full >= 32
+  hits = lambda: sum(p.hit_tokens for p in runner.engine._pools)
+  before = hits()
+  body = {"prompt": prompt, "max_tokens": 6, "n": 2, "temperature": 1.0}
+  a = _ok(client, body)
+  assert hits() - before == full  # the second sample found the first one's pages
+  texts = [c["text"] for c in a["choices"]]
+  assert texts[0] != texts[1]
+  seeded = [[c["text"] for c in _ok(client, {**body, "seed": 3})["choices"]] for _ in range(2)]
+  assert seeded[0] == seeded[1] and seeded[0][0] != seeded[0][1]
+  assert a["usage"]["prompt_tokens"] == len(ids) and a["usage"]["completion_tokens"] == 12
+
+
+def test_a_batch_samples_each_prompt_as_it_samples_alone(env):
+  client = env["client"]
+  body = {"max_tokens": 5, "temperature": 1.0, "seed": 21, "n": 2}
+  batch = _ok(client, {**body, "prompt": ["alpha", [11, 12, 13]]})
+  assert [c["index"] for c in batch["choices"]] == [0, 1, 2, 3]
+  alone = [_ok(client, {**body, "prompt": p}) for p in ("alpha", [11, 12, 13])]
+  assert [c["text"] for c in batch["choices"]] == [c["text"] for r in alone
+                                                   for c in r["choices"]]
+  assert batch["usage"]["prompt_tokens"] == sum(r["usage"]["prompt_tokens"] for r in alone)
+  r = _post(client, {"model": MODEL, "prompt": ["a"] * 6, "n": 2})
+  assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"  # 12 > 2 + 8
+
+
+def test_stop_strings_end_the_row_in_the_reasoning_or_the_answer_not_in_the_trigger(env):
+  """A budgeted row (window 20, answer 8): a stop string in its thinking ends it inside the
+  window (all reasoning, no trigger); one in its answer cuts the answer; the trigger's own
+  text never matches (it is forced, not generated)."""
+  client = env["client"]
+  body = {"prompt": "hi", "thinking_token_budget": 20, "answer_tokens": 8, "temperature": 1.0,
+          "seed": 2}
+  base = _ok(client, body)["choices"][0]
+  reasoning, content = base["reasoning"], base["text"]
+  assert base["z1"]["hit_budget"] and len(reasoning) > 8 and len(content) > 4
+  stop = reasoning[6:8]
+  r = _ok(client, {**body, "stop": stop})["choices"][0]
+  assert (r["finish_reason"], r["stop_reason"], r["text"]) == ("stop", stop, "")
+  assert r["reasoning"] == reasoning[:reasoning.index(stop)] and not r["z1"]["hit_budget"]
+  stop = next(content[i:i + 2] for i in range(1, len(content) - 1)
+              if content[i:i + 2] not in reasoning)
+  r = _ok(client, {**body, "stop": ["never-generated", stop]})["choices"][0]
+  assert r["reasoning"] == reasoning and r["text"] == content[:content.index(stop)]
+  assert (r["finish_reason"], r["stop_reason"]) == ("stop", stop) and r["z1"]["hit_budget"]
+  r = _ok(client, {**body, "stop": "overthought"})["choices"][0]
+  assert (r["reasoning"], r["text"], r["finish_reason"]) == (reasoning, content, "length")
+
+
+def test_stop_token_ids_ignore_eos_and_min_tokens(env):
+  """ENDS_EARLY samples an end id as its 4th token (see `env`)."""
+  client = env["client"]
+  body = {**ENDS_EARLY, "max_tokens": 10}
+  assert _ok(client, body)["usage"]["completion_tokens"] == 4
+  r = _ok(client, {**body, "ignore_eos": True})
+  assert r["usage"]["completion_tokens"] == 10 and r["choices"][0]["finish_reason"] == "length"
+  r = _ok(client, {**body, "min_tokens": 6})
+  assert r["usage"]["completion_tokens"] >= 6
+  stop_id = env["sampled"][1]
+  r = _ok(client, {**body, "stop_token_ids": [stop_id]})["choices"][0]
+  assert (r["finish_reason"], r["stop_reason"]) == ("stop", stop_id)
+  assert r["z1"]["thinking_tokens"] == 2
+  r = _post(client, {"model": MODEL, **body, "stop_token_ids": [151936 + 5]})
+  assert r.status_code == 400 and r.json()["error"]["param"] == "stop_token_ids", r.text
+
+
+def _scrape(client) -> dict:
+  from prometheus_client.parser import text_string_to_metric_families
+  r = client.get("/metrics")
+  assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+  out = {}
+  for family in text_string_to_metric_families(r.text):
+    for s in family.samples:
+      key = s.name + "".join(f"[{v}]" for k, v in sorted(s.labels.items())
+                             if k not in ("model_name", "le"))
+      if s.labels.get("le") in (None, "+Inf"):
+        assert s.labels["model_name"] == MODEL
+        out[key] = s.value
+  return out
+
+
+def test_metrics_move_by_what_was_served(env):
+  client = env["client"]
+  before = _scrape(client)
+  for key in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+              "vllm:kv_cache_usage_perc", "vllm:num_preemptions_total",
+              "z1:prefix_cache_hit_rate"):
+    assert key in before, sorted(before)
+  responses = [_ok(client, b) for b in (
+      {"prompt": "a", "max_tokens": 5, "n": 2, "temperature": 1.0},
+      {"prompt": "b", "thinking_token_budget": 16, "answer_tokens": 3, "temperature": 0},
+      {**ENDS_EARLY, "max_tokens": 9},
+      {"prompt": ["c", "dd"], "max_tokens": 1, "echo": True, "logprobs": 1})]
+  after = _scrape(client)
+  delta = lambda k: after.get(k, 0) - before.get(k, 0)
+  usage = lambda k: sum(r["usage"][k] for r in responses)
+  choices = [c for r in responses for c in r["choices"]]
+  assert delta("vllm:prompt_tokens_total") == usage("prompt_tokens")
+  assert delta("vllm:generation_tokens_total") == usage("completion_tokens") == 10 + 19 + 4 + 2
+  assert delta("z1:reasoning_tokens_total") == sum(
+      r["usage"]["completion_tokens_details"]["reasoning_tokens"] for r in responses) == 4
+  assert delta("z1:thinking_budget_hits_total") == 1
+  assert delta("vllm:request_success_total[stop]") == 1  # ENDS_EARLY
+  assert delta("vllm:request_success_total[length]") == len(choices) - 1
+  assert delta("vllm:time_to_first_token_seconds_count") == len(choices)
+  assert delta("vllm:e2e_request_latency_seconds_count") == len(responses)
+  itl = delta("vllm:inter_token_latency_seconds_count")
+  assert 0 < itl <= usage("completion_tokens") - len(choices)
+  assert after["vllm:num_requests_running"] == after["vllm:num_requests_waiting"] == 0

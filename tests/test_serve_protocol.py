@@ -233,7 +233,7 @@ def test_streamed_and_whole_agree_field_by_field(tok, name):
   else:
     assert (s.reasoning, s.content) == (TEXTS[0], TEXTS[1])
     assert s.reasoning_tokens == s.thinking_tokens < s.completion_tokens
-  whole = protocol.chat_response("id", "m", s)["choices"][0]["message"]
+  whole = protocol.choice("chat", 0, s)["message"]
   assert whole["content"] == s.content
   assert whole.get("reasoning") == whole.get("reasoning_content") == s.reasoning
 
@@ -279,3 +279,170 @@ def test_error_bodies_are_openai_shaped():
   assert json.loads(json.dumps(body)) == {"error": {"message": "x: bad", "type":
                                                     "invalid_request_error", "param": "x",
                                                     "code": None}}
+
+
+# -- stop strings: cut where they start, never sent before the cut ----------------------------------
+
+def _stop_gen(tok, stop_in: str):
+  """A generation whose text holds `stop_in`'s stop string in the middle (the engine keeps
+  tokens up to the one completing it), as `engine.Generation` reports it."""
+  before = tok.encode(TEXTS[0], add_special_tokens=False)
+  stop = "x² 🙂"  # in TEXTS[0]: multi-byte, across tokens
+  text = protocol.decode(tok, before)
+  assert stop in text
+  keep = next(j for j in range(len(before) + 1)
+              if stop in protocol.decode(tok, before[:j]))
+  ids = before[:keep]
+  if stop_in == "answer":
+    trigger = tok.encode(ANSWER_TRIGGER, add_special_tokens=False)
+    think = tok.encode(TEXTS[2], add_special_tokens=False)
+    gen = _Gen(think + trigger + ids, len(think), len(ids), True, True)
+    return gen, stop, text[:text.index(stop)], len(trigger), True
+  gen = _Gen(ids, len(ids), 0, False, True)
+  return gen, stop, text[:text.index(stop)], 12, stop_in == "reasoning"
+
+
+@pytest.mark.parametrize("stop_in", ["content", "reasoning", "answer"])
+def test_a_stop_string_is_cut_and_a_stream_never_sends_what_it_removes(tok, stop_in):
+  """Streamed in events of random sizes, every prefix of the deltas is a prefix of the final
+  text (a stream that sent the held-back tail would send "x" of "x² 🙂" and then cut it)."""
+  gen, stop, expected, t, budgeted = _stop_gen(tok, stop_in)
+  gen.stop_reason = stop
+  s = protocol.split_generation(gen, tok, t, (EOS,), budgeted)
+  field = "content" if stop_in != "reasoning" else "reasoning"
+  assert getattr(s, field) == expected and s.finish_reason == "stop" and s.stop_reason == stop
+  for seed in range(8):
+    rng = random.Random(seed)
+    st_ = protocol.StreamText(tok, (EOS,), budgeted, (stop, "never"))
+    trigger = gen.thinking_tokens if stop_in == "answer" else None
+    sent, i = "", 0
+    while i < len(gen.tokens):
+      part = gen.tokens[i:i + rng.randint(1, 4)]
+      done = i + len(part) >= len(gen.tokens)
+      at = trigger - i if trigger is not None and i <= trigger < i + len(part) else None
+      for f, x in st_.add(i, part, at, t, done, done, stop if done else None):
+        if f == field:
+          sent += x
+          assert expected.startswith(sent), (seed, sent)
+      i += len(part)
+    assert sent == expected
+
+
+def test_a_stop_token_id_ends_the_text_like_an_end_id(tok):
+  ids = tok.encode(TEXTS[3], add_special_tokens=False)
+  gen = _Gen(ids + [42], len(ids) + 1, 0, False, True)
+  gen.stop_reason = 42
+  s = protocol.split_generation(gen, tok, 0, (EOS,), False)
+  assert s.content == TEXTS[3] and s.completion_tokens == len(ids) + 1
+  st_ = protocol.StreamText(tok, (EOS,), False)
+  assert "".join(x for _, x in st_.add(0, gen.tokens, None, 0, True, True, 42)) == TEXTS[3]
+
+
+# -- parsing the OpenAI / vLLM controls --------------------------------------------------------------
+
+def test_controls_parse_to_what_the_engine_takes():
+  p = _parse(stop="\n\n", stop_token_ids=[7, 8], ignore_eos=True, min_tokens=2, max_tokens=5,
+             n=3, logprobs=5, echo=True, seed=1)
+  assert (p.stop, p.stop_token_ids, p.ignore_eos, p.min_tokens, p.n, p.logprobs, p.echo) == (
+      ("\n\n",), (7, 8), True, 2, 3, 5, True)
+  assert _parse(stop=["a", "b", "a"]).stop == ("a", "b") and _parse(stop=[]).stop == ()
+  assert _parse(prompt=["a", [1, 2], "b"]).prompts == ("a", (1, 2), "b")
+  assert _parse(prompt=[[5, 6]]).prompts == ((5, 6),) and _parse(prompt=[5, 6]).prompts == ((5, 6),)
+  assert _parse(max_tokens=0, echo=True, logprobs=1).scores_prompt
+  chat = protocol.parse_chat({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                              "logprobs": True, "top_logprobs": 20},
+                             "m", protocol.ChatTemplate(None))
+  assert chat.logprobs == 20 and protocol.parse_chat(
+      {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, "m",
+      protocol.ChatTemplate(None)).logprobs == 0
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"n": 129}, "n"), ({"n": 0}, "n"), ({"best_of": 3, "n": 2}, "best_of"),
+    ({"stop": ["a"] * 17}, "stop"), ({"stop": [""]}, "stop"), ({"stop": 5}, "stop"),
+    ({"stop_token_ids": list(range(9))}, "stop_token_ids"), ({"stop_token_ids": [-1]},
+                                                             "stop_token_ids"),
+    ({"logprobs": 6}, "logprobs"), ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"), ({"max_tokens": 0}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"min_tokens": 6, "max_tokens": 5}, "min_tokens"), ({"ignore_eos": 1}, "ignore_eos"),
+    ({"echo": True, "logprobs": 1, "thinking_token_budget": 20}, "echo"),
+    ({"prompt": ["a", ""]}, "prompt"), ({"prompt": [[1], [-2]]}, "prompt"),
+    ({"prompt": []}, "prompt"), ({"repetition_penalty": 1.2}, "repetition_penalty"),
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ({"prompt_logprobs": 1}, "prompt_logprobs"), ({"suffix": "x"}, "suffix"),
+    ({"stream_options": {"continuous_usage_stats": True}}, "stream_options"),
+])
+def test_unsupported_or_bad_controls_are_400_naming_the_field(body, param):
+  with pytest.raises(ServeError) as e:
+    _parse(**body)
+  assert e.value.param == param and e.value.status == 400, e.value.message
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"logprobs": 2}, "logprobs"), ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"), ({"echo": True}, "echo"),
+    ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
+])
+def test_chat_controls_are_checked_as_chat_takes_them(body, param):
+  with pytest.raises(ServeError) as e:
+    protocol.parse_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], **body},
+                        "m", protocol.ChatTemplate(None))
+  assert e.value.param == param, e.value.message
+
+
+# -- the chat template ------------------------------------------------------------------------------
+
+def test_a_z1_export_carries_the_training_prompt_as_its_chat_template(tok, tmp_path):
+  """`save_hf` writes Z1's template: the exported tokenizer's `apply_chat_template` (and so
+  `z1 serve`, transformers and vLLM) renders `data.format.render_prompt`; the offline
+  tokenizer's own (Qwen3's) does not (no default system prompt)."""
+  import z1_jax
+  from z1_jax.data.tokenizer import load_tokenizer
+  question = [{"role": "user", "content": "Is 1001 prime?"}]
+  assert protocol.ChatTemplate(tok).render(question) != render_prompt("Is 1001 prime?")
+  out = z1_jax.save_hf(z1_jax.create_model(z1_jax.get_preset("tiny")), tmp_path / "hf",
+                       dtype="float32", tokenizer=tok)
+  exported = load_tokenizer(out)
+  template = protocol.ChatTemplate(exported)
+  assert template.source == "the tokenizer's chat_template"
+  assert template.render(question) == render_prompt("Is 1001 prime?")
+  turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
+           {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+  assert template.render(turns) == protocol.chat_prompt(turns, None)
+  config = json.loads((out / "tokenizer_config.json").read_text())
+  assert config.get("chat_template", (out / "chat_template.jinja").read_text()) == (
+      (out / "chat_template.jinja").read_text())
+
+
+def test_chat_template_override_and_fallback(tok):
+  custom = protocol.ChatTemplate(tok, "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+                                 "{% if add_generation_prompt %}>{% endif %}", "t.jinja")
+  assert custom.render([{"role": "user", "content": "q"}]) == "[q]>"
+  assert custom.source == "--chat-template t.jinja"
+  none = protocol.ChatTemplate(None)
+  assert none.template is None and none.render([{"role": "user", "content": "Q?"}]) == (
+      render_prompt("Q?"))
+  refusing = protocol.ChatTemplate(tok, "{{ raise_exception('no system turns') }}", "r.jinja")
+  with pytest.raises(ServeError) as e:
+    refusing.render([{"role": "user", "content": "q"}])
+  assert e.value.param == "messages" and "no system turns" in e.value.message
+
+
+# -- log-probability shapes ------------------------------------------------------------------------
+
+def test_token_bytes_join_to_the_text_and_offsets_index_it(tok):
+  from z1_jax.serve import logprobs
+  ids = tok.encode(TEXTS[0] + TEXTS[1], add_special_tokens=False) + [EOS]
+  text = logprobs.TokenText(tok)
+  assert bytes(b for i in ids for b in text.bytes(i)).decode() == protocol.decode(tok, ids)
+  assert any(text.text(i) == "\ufffd" for i in ids)  # a piece of a character alone
+  offsets = logprobs.Offsets(tok, 3).add(ids)
+  whole = protocol.decode(tok, ids)
+  for k, off in enumerate(offsets):
+    prefix = protocol.decode(tok, ids[:k])
+    assert off == 3 + len(prefix.rstrip("\ufffd")), k
+  shape = logprobs.completion(text, ids[:2], [None, -1.5], [None, [(5, -0.5)]], offsets[:2])
+  assert shape["top_logprobs"] == [None, {text.text(5): -0.5, text.text(ids[1]): -1.5}]
+  assert logprobs.chat(text, [5], [-1e30], [[]])["content"][0]["logprob"] == -9999.0
+  assert whole.endswith("<|im_end|>")

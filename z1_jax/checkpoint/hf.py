@@ -355,7 +355,9 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
             overwrite: bool = False) -> Path:
   """Writes `model` as a HF checkpoint that `transformers` loads unmodified.
 
-  `tokenizer`: a HF tokenizer object or a directory holding tokenizer files, copied along.
+  `tokenizer`: a HF tokenizer object or a directory holding tokenizer files, copied along
+  with Z1's chat template (`data.tokenizer.Z1_CHAT_TEMPLATE`: the Qwen2.5 layout with the
+  default system prompt, the prompt Z1 trains on) in place of the tokenizer's own.
   Multi-host: every process must call this (tensors are gathered); process 0 writes.
   """
   out = Path(out_dir).expanduser().absolute()
@@ -419,6 +421,8 @@ def save_hf(model: Qwen2, out_dir: str | os.PathLike, dtype: str = "bfloat16",
           indent=2))
       if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
+        from z1_jax.data.tokenizer import write_chat_template
+        write_chat_template(tmp)  # the prompt layout the model was trained on
       _replace_dir(tmp, out, overwrite)
   except BaseException:
     if writer:

@@ -8,14 +8,42 @@ importing it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from z1_jax.data.format import IM_END, IM_START
+from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT, IM_END, IM_START
 
 ENDOFTEXT = "<|endoftext|>"
+
+# Z1's prompt as a chat template (`data.format.render_prompt`'s layout, any number of turns:
+# the default system prompt when the first message is not a system one). The offline
+# tokenizer ships Qwen3's template (no default system prompt), so `save_hf` writes this one
+# into every export: `apply_chat_template` (transformers, vLLM, `z1 serve`) then renders the
+# prompt a Z1 checkpoint was trained on.
+_SYSTEM_TURN = f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"
+Z1_CHAT_TEMPLATE = (  # (json.dumps: a Jinja string literal)
+    "{%- if messages[0]['role'] != 'system' %}{{- " + json.dumps(_SYSTEM_TURN) + " }}"
+    "{%- endif %}{%- for message in messages %}{{- " + json.dumps(IM_START) + " + "
+    "message['role'] + '\\n' + message['content'] + " + json.dumps(IM_END + "\n") + " }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- " + json.dumps(IM_START + "assistant\n")
+    + " }}{%- endif %}")
+
+
+def write_chat_template(tokenizer_dir: Path) -> None:
+  """Sets Z1's chat template in a saved tokenizer: `chat_template.jinja` (what transformers
+  reads first) and, where it has one, the `chat_template` of `tokenizer_config.json` (what
+  older readers take)."""
+  tokenizer_dir = Path(tokenizer_dir)
+  (tokenizer_dir / "chat_template.jinja").write_text(Z1_CHAT_TEMPLATE, encoding="utf-8")
+  config = tokenizer_dir / "tokenizer_config.json"
+  if config.exists():
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if "chat_template" in data:
+      data["chat_template"] = Z1_CHAT_TEMPLATE
+      config.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def offline_tokenizer_dir() -> Path:

@@ -1,11 +1,13 @@
 """`z1 serve`: an OpenAI-compatible HTTP server on the decode engine, with a thinking budget per
 request (FastAPI on uvicorn; see `z1_jax/serve/app.py`).
 
-Start-up: flags checked, model loaded, the engine compiled on its thread while uvicorn already
+Start-up: flags checked, the chat template checked (`--chat-template`, else the tokenizer's),
+model loaded, the engine compiled on its thread while uvicorn already
 listens (`GET /health` is 503 until then, 200 after); the address and progress go to stderr.
 SIGTERM / SIGINT: stop accepting, let what is in flight finish for `--shutdown-timeout` seconds
 (then cancel it), stop the engine, exit 0. On a pod slice every process runs the engine and
-process 0 serves HTTP (`runner` broadcasts its requests).
+process 0 serves HTTP (`runner` broadcasts its requests); the other processes stop when process
+0 tells them (their own SIGTERM waits for that).
 """
 
 from __future__ import annotations
@@ -39,6 +41,29 @@ def _check_flags(args) -> None:
   if args.tokenizer is None and not _has_tokenizer(source):
     raise Z1Error(f"{source} has no tokenizer: pass --tokenizer DIR (the server tokenizes "
                   "prompts and detokenizes answers)")
+  if args.chat_template is not None and not Path(args.chat_template).expanduser().is_file():
+    raise Z1Error(f"--chat-template {args.chat_template}: no such file (a Jinja chat template)")
+
+
+def chat_template(args, tokenizer):
+  """The chat prompt's renderer: `--chat-template FILE`, else the tokenizer's own template,
+  else Z1's layout; a template that cannot render one user message is refused at start."""
+  from z1_jax.serve.protocol import ChatTemplate, ServeError
+  text = None
+  if args.chat_template is not None:
+    path = Path(args.chat_template).expanduser()
+    try:
+      text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+      raise Z1Error(f"--chat-template {args.chat_template}: cannot read it ({e})") from None
+  template = ChatTemplate(tokenizer, text, args.chat_template)
+  try:
+    template.render([{"role": "user", "content": "hi"}])
+  except Exception as e:  # noqa: BLE001 - any failure of the template
+    message = e.message if isinstance(e, ServeError) else f"{type(e).__name__}: {e}"
+    raise Z1Error(f"chat template ({template.source}) cannot render a user message: "
+                  f"{message}") from None
+  return template
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -120,6 +145,7 @@ def run_serve(args) -> int:
   name = args.served_model_name or source.name
   lead = jax.process_index() == 0
   tokenizer = resolve_tokenizer(args.tokenizer or source)
+  template = chat_template(args, tokenizer)
   max_seq_len = _context(args, read_config(args.hf, args.ckpt), tokenizer)
   sock = None
   if lead:  # bind first: a taken port fails before the model loads
@@ -139,12 +165,18 @@ def run_serve(args) -> int:
                                  **cache_options(args)), log=_log)
   runner.start()
   if not lead:  # a pod's other processes: the engine only, driven by process 0's broadcasts
+    # SIGTERM (a slice's shutdown signals every host) waits for process 0's stop: dying at once
+    # broke the collective process 0 was in, while it still drained its requests in flight
+    signal.signal(signal.SIGTERM, lambda *_: _log("z1 serve: SIGTERM: stopping when process "
+                                                  "0 does"))
     runner._thread.join()
     return 0 if runner.failed is None else 1
   from z1_jax.serve.app import create_app
-  app = create_app(runner, tokenizer, name, defaults, args.max_queue, args.max_request_bytes)
+  app = create_app(runner, tokenizer, name, defaults, args.max_queue, args.max_request_bytes,
+                   template)
   host, port = sock.getsockname()[:2]
-  _log(f"z1 serve: {name!r} on http://{host}:{port}/v1 (ready once GET /health is 200)")
+  _log(f"z1 serve: {name!r} on http://{host}:{port}/v1 (ready once GET /health is 200); "
+       f"chat prompts from {template.source}")
 
   def announce():
     runner.ready.wait()
@@ -197,5 +229,8 @@ def add_parser(sub) -> None:
   p.add_argument("--dtype", type=float_dtype, default=None, help=DTYPE_HELP)
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer directory (default: the model directory's)")
+  p.add_argument("--chat-template", default=None, metavar="FILE",
+                 help="Jinja chat template for /v1/chat/completions (default: the tokenizer's "
+                      "own chat_template; Z1's Qwen2.5 layout when it has none)")
   distributed.add_args(p)
   p.set_defaults(fn=run_serve)

@@ -4,7 +4,8 @@ calls from one thread); the asyncio side talks to it through thread-safe queues.
 - `submit(req, sink)` / `cancel(id)` put commands in an inbox; the thread applies them at the
   next chunk boundary, so a cancelled (disconnected) request frees its slot within one chunk.
 - Each `Event` goes to its request's `Sink` (an asyncio queue fed with
-  `loop.call_soon_threadsafe`); a finished or failed request's sink is dropped.
+  `loop.call_soon_threadsafe`; the choices of one HTTP request share one, their events tell
+  them apart by id); a finished or failed request's sink is dropped.
 - One request cannot stop the others: a request the engine refuses fails alone (400), and every
   field a request can hold is range-checked before it gets here (`engine.check_request`). A
   step that raises all the same (a bug) fails the requests in the engine at that moment (500:
@@ -165,8 +166,9 @@ class Runner:
     out = []
     data = head[8:8 + min(size, room)].tobytes() + rest
     for kind, value in json.loads(data) if size else []:
-      if kind == "submit":
-        value["prompt_ids"] = tuple(value["prompt_ids"])
+      if kind == "submit":  # (JSON has lists where the Request has tuples)
+        for name in ("prompt_ids", "stop", "stop_token_ids"):
+          value[name] = tuple(value[name])
         out.append((kind, Request(**value), None))
       else:
         out.append((kind, value, None))
