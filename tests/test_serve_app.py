@@ -474,7 +474,7 @@ def test_n_samples_share_the_prompts_pages_and_a_seed_repeats_them(env):
   ids = env["tok"].encode(prompt, add_special_tokens=False)
   full = (len(ids) - 1) // 16 * 16  # tokens in full pages (16-token pages on CPU)
   assert full >= 32
-  hits = lambda: sum(p.hit_tokens for p in runner.engine._pools)
+  hits = lambda: runner.engine.stats()["prefix_cache_hit_tokens"]
   before = hits()
   body = {"prompt": prompt, "max_tokens": 6, "n": 2, "temperature": 1.0}
   a = _ok(client, body)
@@ -559,6 +559,7 @@ def test_metrics_move_by_what_was_served(env):
   before = _scrape(client)
   for key in ("vllm:num_requests_running", "vllm:num_requests_waiting",
               "vllm:kv_cache_usage_perc", "vllm:num_preemptions_total",
+              "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
               "z1:prefix_cache_hit_rate"):
     assert key in before, sorted(before)
   responses = [_ok(client, b) for b in (
@@ -582,3 +583,5 @@ def test_metrics_move_by_what_was_served(env):
   itl = delta("vllm:inter_token_latency_seconds_count")
   assert 0 < itl <= usage("completion_tokens") - len(choices)
   assert after["vllm:num_requests_running"] == after["vllm:num_requests_waiting"] == 0
+  # the prefix cache: the n=2 samples of "a" looked their prompt's full pages up twice
+  assert delta("vllm:prefix_cache_queries_total") >= delta("vllm:prefix_cache_hits_total") >= 0

@@ -4,9 +4,9 @@ metric names where vLLM has one, so its dashboards and alerts read z1 serve as t
 From the engine's state, read at each scrape (`stats()`, the runner's copy of
 `engine.stats()`): `vllm:num_requests_running` / `vllm:num_requests_waiting` (engine rows
 decoding, requests queued in the engine), `vllm:kv_cache_usage_perc` (KV pages in use, 0-1),
-`vllm:num_preemptions_total`, and `z1:prefix_cache_hit_rate` (prompt tokens found in the prefix
-cache over those looked up, since the engine started: vLLM exports the two token counts
-instead, which the engine does not expose).
+`vllm:num_preemptions_total`, `vllm:prefix_cache_queries_total` / `vllm:prefix_cache_hits_total`
+(prompt tokens looked up in the prefix cache / found there, since the engine started) and
+their ratio `z1:prefix_cache_hit_rate`.
 
 From what the server answered, counted when a choice finishes (so their changes equal the sums
 of the responses' `usage`): `vllm:prompt_tokens_total` (each prompt once per request),
@@ -62,6 +62,10 @@ class _Engine:
     yield family(CounterMetricFamily, "vllm:num_preemptions",
                  "Rows preempted for pages (they recompute their context later).",
                  s["preemptions"])
+    yield family(CounterMetricFamily, "vllm:prefix_cache_queries",
+                 "Prompt tokens looked up in the prefix cache.", s["prefix_cache_query_tokens"])
+    yield family(CounterMetricFamily, "vllm:prefix_cache_hits",
+                 "Prompt tokens found in the prefix cache.", s["prefix_cache_hit_tokens"])
     yield family(GaugeMetricFamily, "z1:prefix_cache_hit_rate",
                  "Prompt tokens found in the prefix cache over those looked up, since the "
                  "engine started.", s["prefix_cache_hit_rate"])

@@ -201,6 +201,8 @@ class Engine:
             "pages_free": sum(p.available() for p in pools),
             "pages_cached": sum(len(p.by_digest) for p in pools),
             "preemptions": self.sched.preemptions,
+            "prefix_cache_query_tokens": looked,
+            "prefix_cache_hit_tokens": sum(p.hit_tokens for p in pools),
             "prefix_cache_hit_rate": (sum(p.hit_tokens for p in pools) / looked) if looked else 0.0}
 
   # -- compiled programs ------------------------------------------------------------------------
