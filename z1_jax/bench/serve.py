@@ -12,6 +12,8 @@ checkpoint, greedy, so both sides decode the same tokens. Two request mixes:
   arriving while others decode, which is what chunked prefill is for.
 Inter-token latency: each streamed chunk's gap since the last one, per token it carried
 (vLLM's `stream_options.continuous_usage_stats` gives the count); target p99 < 2x the median.
+The gaps between a stream's text chunks are reported too (they need no token counts, so a
+server without continuous usage, such as the engine before paging, gets them as well).
 Compile time is left out of both (the server is timed after `/health` is 200; the offline
 engine after `warmup()`). Target: served >= 0.8x offline.
 """
@@ -93,7 +95,7 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
         m = re.search(r"ready on (http://\S+)", line)
         url = m.group(1) if m else None
       threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-      ttft, itl, per_request, latency, tokens = [], [], [], [], []
+      ttft, itl, gaps, per_request, latency, tokens = [], [], [], [], [], []
 
       def one(item):
         prompt, budget, answer = item
@@ -101,7 +103,7 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
                 "thinking_token_budget": budget, "answer_tokens": answer,
                 "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
         start = time.perf_counter()
-        first = last = None
+        first = last = text_at = None
         seen = 0  # completion tokens counted so far (continuous usage)
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=3600) as r:
           r.raise_for_status()
@@ -114,6 +116,11 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
             if not chunk.get("choices"):  # the final usage chunk
               tokens.append(count)
               continue
+            c = chunk["choices"][0]
+            if c.get("text") or c.get("reasoning_content"):  # a chunk gap (any server)
+              if text_at is not None:
+                gaps.append(now - text_at)
+              text_at = now
             if count is None or count <= seen:
               continue
             if first is None:
@@ -144,5 +151,6 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
            "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
            "itl_p50_ms": 1e3 * _pct(itl, 50), "itl_p99_ms": 1e3 * _pct(itl, 99),
            "itl_p99_over_p50": _pct(itl, 99) / _pct(itl, 50), "itl_target": 2.0,
+           "chunk_gap_p50_ms": 1e3 * _pct(gaps, 50), "chunk_gap_p99_ms": 1e3 * _pct(gaps, 99),
            "per_request_token_p50_ms": 1e3 * _pct(per_request, 50),
            "latency_p50_s": _pct(latency, 50), "latency_p99_s": _pct(latency, 99)}]

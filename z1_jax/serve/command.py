@@ -203,10 +203,11 @@ def add_parser(sub) -> None:
   p.add_argument("--served-model-name", default=None,
                  help="the `model` clients must name (default: the checkpoint directory's name)")
   p.add_argument("--batch-size", type=positive_int, default=8,
-                 help="engine slots: requests decoded at once")
+                 help="engine slots: the most rows decoded at once (may far exceed "
+                      "--max-total-tokens / --max-seq-len: rows take KV pages as they grow)")
   p.add_argument("--max-seq-len", type=positive_int, default=None,
-                 help="cache positions per slot: prompt + generated tokens (default: the "
-                      "model's maximum, at most 4096)")
+                 help="the longest request: prompt + generated tokens (default: the model's "
+                      "maximum, at most 4096); the KV cache is --max-total-tokens")
   p.add_argument("--default-thinking-budget", type=positive_int, default=None,
                  help="thinking budget B for requests without thinking_token_budget "
                       "(default: none, such requests decode without a budget)")
