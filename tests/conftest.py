@@ -1,11 +1,18 @@
 """Test set-up: 8 host CPU devices (before JAX starts) and tiny random HF Qwen2 checkpoints."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # tests run on CPU even where libtpu is installed
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the whole suite, its workers and the processes it starts
+# (servers, 2-process pods): they compile the same tiny programs many times over. A rerun on
+# this machine starts warm; CI's clean machine starts cold (the measured time).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "z1-jax-tests-compile-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import pytest  # noqa: E402
 
@@ -56,8 +63,10 @@ def hf_checkpoint(tmp_path_factory):
 # The modules with the longest tests (multi-process runs, training to a signal) are collected
 # first, so that the two xdist workers share them from the start instead of one worker running
 # them alone at the end; each module's own order is kept (its module fixtures are set up once).
-LONGEST_FIRST = ("test_train.py", "test_multihost_infer.py", "test_train_guards.py",
-                 "test_demo.py", "test_serve.py", "test_data_pipeline.py")
+LONGEST_FIRST = ("test_multihost_infer.py", "test_pod.py", "test_train.py",
+                 "test_serve_lm_eval.py", "test_train_guards.py", "test_distill.py",
+                 "test_eval_sweep.py", "test_eval_code.py", "test_serve.py", "test_cli.py",
+                 "test_demo.py", "test_data_pipeline.py")
 
 
 def pytest_collection_modifyitems(config, items):

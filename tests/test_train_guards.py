@@ -177,7 +177,9 @@ def test_a_run_that_failed_before_its_first_checkpoint_takes_a_corrected_config(
   assert [r["step"] for r in _step_rows(run)] == [1, 2]
 
 
-def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith):
+def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith, monkeypatch):
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the suite's (conftest)
+  before = jax.config.jax_compilation_cache_dir
   over = arith_overrides(arith, **{"train.max_steps": 1})
   first = train(load_config(TINY, over), tmp_path / "run", one_device(), False)
   assert first["compilation_cache"] == str(tmp_path / "run" / "compile_cache")
@@ -191,6 +193,7 @@ def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith)
                                                           "train.compilation_cache": '"off"'})),
               tmp_path / "nocache", one_device(), False)
   assert off["compilation_cache"] is None and not (tmp_path / "nocache" / "compile_cache").exists()
+  assert jax.config.jax_compilation_cache_dir == before  # each run put the process's back
 
 
 def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, arith):

@@ -201,7 +201,8 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   its target changes nothing and says so (`summary["already_done"]`). Signals and peers are
   watched for the whole call (`train/interrupt.py`)."""
   from z1_jax.train.interrupt import StopSignals
-  with StopSignals(cfg.train.peer_timeout_s) as signals:
+  from z1_jax.train.observe import kept_compilation_cache
+  with StopSignals(cfg.train.peer_timeout_s) as signals, kept_compilation_cache():
     return _train(cfg, out_dir, mesh, progress, signals)
 
 

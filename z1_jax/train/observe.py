@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -19,6 +20,9 @@ def set_up_compilation_cache(setting: str, out) -> str | None:
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
   if setting == "off":
+    if jax.config.jax_compilation_cache_dir is not None:  # set by JAX_COMPILATION_CACHE_DIR
+      jax.config.update("jax_compilation_cache_dir", None)
+      cc.reset_cache()
     return None
   where = setting or os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(out / "compile_cache")
   if jax.config.jax_compilation_cache_dir != where:
@@ -27,6 +31,25 @@ def set_up_compilation_cache(setting: str, out) -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return where
+
+
+@contextlib.contextmanager
+def kept_compilation_cache():
+  """Puts JAX's compilation-cache settings back as they were on exit: a run called from Python
+  leaves the process's cache where it found it (its own directory may be gone by then: an
+  output written under a temporary name and renamed)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  before = {n: getattr(jax.config, n) for n in names}
+  try:
+    yield
+  finally:
+    if jax.config.jax_compilation_cache_dir != before["jax_compilation_cache_dir"]:
+      for n, v in before.items():
+        jax.config.update(n, v)
+      cc.reset_cache()
 
 
 class ProfileWindow:

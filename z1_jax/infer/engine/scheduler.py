@@ -94,11 +94,11 @@ def pages_for(positions: int, page_size: int) -> int:
   return -(-positions // page_size)
 
 
-def prefill_shapes(prefill_tokens: int, shards: int) -> list[tuple[int, int]]:
-  """The `[R, W]` prefill shapes: R a multiple of `shards` (rows split over them), W a power of
-  two >= 16, R x W = prefill_tokens."""
+def prefill_shapes(prefill_tokens: int, shards: int, slots: int) -> list[tuple[int, int]]:
+  """The `[R, W]` prefill shapes: R a multiple of `shards` (rows split over them) and at most
+  `slots` (only rows in slots prefill), W a power of two >= 16, R x W = prefill_tokens."""
   out, w = [], prefill_tokens // shards
-  while w >= 16:
+  while w >= 16 and prefill_tokens // w <= max(slots, shards):
     out.append((prefill_tokens // w, w))
     w //= 2
   return out
@@ -131,7 +131,7 @@ class Scheduler:
     self.rows, self.fresh_state, self.trigger_len = rows, fresh_state, trigger_len
     self.pools = [PagePool(pages_per_shard + 1) for _ in range(shards)]  # + the null page
     self.table = np.zeros((slots, table_width), np.int32)
-    self.shapes = prefill_shapes(prefill_tokens, shards)
+    self.shapes = prefill_shapes(prefill_tokens, shards, slots)
     self.slot: list[Seq | None] = [None] * slots
     self.ready: list[Seq] = []  # branches and preempted rows, by arrival
     self.waiting: collections.deque[Seq] = collections.deque()
