@@ -178,24 +178,27 @@ def _build(raw: dict[str, Any], where: str) -> RunConfig:
   return cfg
 
 
-def _get(cfg: RunConfig, dotted: str) -> Any:
-  section, key = dotted.split(".")
-  return getattr(getattr(cfg, section), key)
+def check_keys(cfg, where: str, choices: dict, positive=(), non_negative=(),
+               error: type[Z1Error] = ConfigError) -> None:
+  """The checks every sectioned config shares: `section.key` values among `choices[key]`, > 0
+  for `positive` keys, >= 0 for `non_negative` ones; an `error` naming the key otherwise."""
+  def get(dotted):
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+  for key, allowed in choices.items():
+    if get(key) not in allowed:
+      raise error(f"{where}: {key} = {get(key)!r}: expected one of {', '.join(allowed)}")
+  for key in positive:
+    if not get(key) > 0:
+      raise error(f"{where}: {key} = {get(key)!r}: expected a value > 0")
+  for key in non_negative:  # (NaN passes here: finiteness is each config's own check)
+    if get(key) < 0:
+      raise error(f"{where}: {key} = {get(key)!r}: expected a value >= 0")
 
 
 def _validate(cfg: RunConfig) -> None:
   where = cfg.source
-  for key, allowed in _CHOICES.items():
-    if _get(cfg, key) not in allowed:
-      raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: expected one of "
-                        f"{', '.join(allowed)}")
-  for key in _POSITIVE:
-    if not _get(cfg, key) > 0:
-      raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r}: expected a value > 0")
-  for key in _NON_NEGATIVE:
-    value = _get(cfg, key)
-    if isinstance(value, (int, float)) and value < 0:
-      raise ConfigError(f"{where}: {key} = {value!r}: expected a value >= 0")
+  check_keys(cfg, where, _CHOICES, _POSITIVE, _NON_NEGATIVE)
   t = cfg.train
   if t.global_batch % t.grad_accum:
     raise ConfigError(f"{where}: train.global_batch = {t.global_batch} is not divisible by "

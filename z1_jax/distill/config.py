@@ -221,23 +221,10 @@ def _build(raw: dict[str, Any], where: str) -> DistillConfig:
   return cfg
 
 
-def _get(cfg: DistillConfig, dotted: str) -> Any:
-  section, key = dotted.split(".")
-  return getattr(getattr(cfg, section), key)
-
-
 def _validate(cfg: DistillConfig) -> None:
+  from z1_jax.config import check_keys
   where = cfg.source
-  for key, allowed in _CHOICES.items():
-    if _get(cfg, key) not in allowed:
-      raise DistillConfigError(f"{where}: {key} = {_get(cfg, key)!r}: expected one of "
-                               f"{', '.join(allowed)}")
-  for key in _POSITIVE:
-    if not _get(cfg, key) > 0:
-      raise DistillConfigError(f"{where}: {key} = {_get(cfg, key)!r}: expected a value > 0")
-  for key in _NON_NEGATIVE:
-    if _get(cfg, key) < 0:
-      raise DistillConfigError(f"{where}: {key} = {_get(cfg, key)!r}: expected a value >= 0")
+  check_keys(cfg, where, _CHOICES, _POSITIVE, _NON_NEGATIVE, DistillConfigError)
   f = cfg.filters
   if not 0 <= f.repetition_max_share <= 1:
     raise DistillConfigError(f"{where}: filters.repetition_max_share = "
