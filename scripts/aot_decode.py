@@ -21,7 +21,6 @@ usage: JAX_PLATFORMS=cpu .venv/bin/python scripts/aot_decode.py [--batch 256] [-
 
 import argparse
 import json
-import math
 
 from z1_jax.infer.aot import compile_decode
 from z1_jax.infer.engine.core import DEVICE_MEMORY_SHARE

@@ -174,7 +174,7 @@ def test_out_with_a_different_config_is_refused(swept, tiny_hf, aime5, capsys):
   argv[argv.index("--answer-tokens") + 1] = "9"
   assert main(argv) == 2
   err = capsys.readouterr().err
-  assert "holds a sweep with a different config" in err and "answer_tokens: 8 there, 9 now" in err
+  assert "holds a sweep with different inputs" in err and "answer_tokens: 8 there, 9 now" in err
   assert "Traceback" not in err
   assert {p.name: p.read_bytes() for p in swept.iterdir()} == before
 
@@ -264,7 +264,7 @@ def test_resumed_sweep_refuses_replaced_weights_dtype_or_tokenizer(tiny_hf, aime
   shutil.copy(tmp_path / "other" / "model.safetensors", hf / "model.safetensors")
   assert _exit_code(argv) == 2
   err = capsys.readouterr().err
-  assert "weights" in err and "different config" in err, err
+  assert "weights" in err and "different inputs" in err, err
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

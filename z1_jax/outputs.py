@@ -243,3 +243,32 @@ def write_text_atomic(out: str | os.PathLike, text: str) -> Path:
   with atomic_path(out) as tmp:
     tmp.write_text(text)
   return Path(out)
+
+
+def resumable_out(out: str | os.PathLike, config_file: str, wanted: dict, what: str) -> Path:
+  """The output directory of a resumable job (a sweep, a distillation): created with
+  `config_file` holding `wanted`, or accepted when it holds the same (a resume); another job's
+  directory, a non-empty foreign one or a file is refused, naming what differs."""
+  import json
+  out = local_path(out, "--out")
+  if out.exists():
+    if not out.is_dir():
+      raise Z1Error(f"--out {out}: exists and is not a directory")
+    held_path = out / config_file
+    if held_path.exists():
+      try:
+        held = json.loads(held_path.read_text())
+      except json.JSONDecodeError:
+        raise Z1Error(f"--out {out}: {config_file} is not valid JSON; choose another --out")
+      if held != wanted:
+        diff = [f"{k}: {json.dumps(held.get(k))} there, {json.dumps(wanted.get(k))} now"
+                for k in sorted(set(held) | set(wanted)) if held.get(k) != wanted.get(k)]
+        raise Z1Error(f"--out {out} holds a {what} with different inputs ({'; '.join(diff)}); "
+                      f"choose another --out (they are never mixed)")
+      return out
+    if any(out.iterdir()):
+      raise Z1Error(f"--out {out}: not empty and holds no {what} ({config_file} missing); "
+                    "choose an empty or new directory")
+  out.mkdir(parents=True, exist_ok=True)
+  write_text_atomic(out / config_file, json.dumps(wanted, indent=2) + "\n")
+  return out

@@ -167,7 +167,8 @@ def write_jsonl(rows: Iterable[dict], out: str | os.PathLike) -> Path:
   return out
 
 
-def _table_records(path: Path, columns: Columns) -> Iterator[tuple[int, dict]]:
+def read_table(path: Path):
+  """A Parquet or Arrow (stream or file) table, or a DataError naming a corrupt file."""
   import pyarrow as pa
   import pyarrow.parquet as pq
   try:
@@ -185,6 +186,11 @@ def _table_records(path: Path, columns: Columns) -> Iterator[tuple[int, dict]]:
       raise
     raise DataError(f"{path}: not a readable {file_kind(path)} file (truncated or corrupt?): "
                     f"{e}") from e
+  return table
+
+
+def _table_records(path: Path, columns: Columns) -> Iterator[tuple[int, dict]]:
+  table = read_table(path)
   for name in (columns.question, columns.response):
     if name not in table.column_names:
       raise DataError(f"{path}: missing column {name!r} (columns: {table.column_names})")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from z1_jax.data.sources import DataError, file_kind, jsonl_records, resolve_files
+from z1_jax.data.sources import DataError, file_kind, jsonl_records, read_table, resolve_files
 from z1_jax.distill.config import ProblemsSection
 from z1_jax.errors import Z1Error
 from z1_jax.paths import is_uri
@@ -33,24 +33,7 @@ class Problem:
 
 
 def _table_rows(path: Path) -> Iterator[tuple[int, dict]]:
-  import pyarrow as pa
-  import pyarrow.parquet as pq
-  try:
-    if file_kind(path) == "parquet":
-      table = pq.read_table(path)
-    else:
-      try:
-        with pa.memory_map(str(path)) as f:
-          table = pa.ipc.open_stream(f).read_all()
-      except pa.ArrowInvalid:
-        with pa.memory_map(str(path)) as f:
-          table = pa.ipc.open_file(f).read_all()
-  except (pa.ArrowException, OSError) as e:
-    if isinstance(e, (FileNotFoundError, PermissionError)):
-      raise
-    raise DataError(f"{path}: not a readable {file_kind(path)} file (truncated or corrupt?): "
-                    f"{e}") from e
-  yield from enumerate(table.to_pylist())
+  yield from enumerate(read_table(path).to_pylist())
 
 
 def _datasets_rows(source: str, split: str) -> Iterator[tuple[int, dict]]:

@@ -61,7 +61,6 @@ from z1_jax.distill import filters as filters_lib
 from z1_jax.distill import hosts
 from z1_jax.distill.config import DistillConfig
 from z1_jax.distill.problems import Problem, fingerprint, load_problems
-from z1_jax.errors import Z1Error
 from z1_jax.outputs import atomic_path, write_text_atomic
 
 CONFIG_FILE, DECONTAM_FILE, JOURNAL_FILE = "distill.json", "decontamination.json", "journal.jsonl"
@@ -106,29 +105,8 @@ def identity(cfg: DistillConfig, teacher: Teacher, tokenizer, problems: list[Pro
 
 def prepare_out(out: str, wanted: dict) -> Path:
   """Creates `out` with distill.json, or accepts one holding the same (resume)."""
-  from z1_jax.outputs import local_path
-  out = local_path(out, "--out")
-  if out.exists():
-    if not out.is_dir():
-      raise Z1Error(f"--out {out}: exists and is not a directory")
-    held_path = out / CONFIG_FILE
-    if held_path.exists():
-      try:
-        held = json.loads(held_path.read_text())
-      except json.JSONDecodeError:
-        raise Z1Error(f"--out {out}: {CONFIG_FILE} is not valid JSON; choose another --out")
-      if held != wanted:
-        diff = [f"{k}: {json.dumps(held.get(k))} there, {json.dumps(wanted.get(k))} now"
-                for k in sorted(set(held) | set(wanted)) if held.get(k) != wanted.get(k)]
-        raise Z1Error(f"--out {out} holds a distillation with different inputs "
-                      f"({'; '.join(diff)}); choose another --out (sets are never mixed)")
-      return out
-    if any(out.iterdir()):
-      raise Z1Error(f"--out {out}: not empty and holds no distillation ({CONFIG_FILE} "
-                    "missing); choose an empty or new directory")
-  out.mkdir(parents=True, exist_ok=True)
-  write_text_atomic(out / CONFIG_FILE, json.dumps(wanted, indent=2) + "\n")
-  return out
+  from z1_jax.outputs import resumable_out
+  return resumable_out(out, CONFIG_FILE, wanted, "distillation")
 
 
 class Journal:

@@ -37,7 +37,6 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from z1_jax.outputs import write_text_atomic
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT, render_prompt
 from z1_jax.errors import Z1Error
 from z1_jax.eval.benchmarks import ID_FIELD, LOADERS, Problem, load_benchmark
@@ -152,30 +151,8 @@ def load_problems(cfg: SweepConfig) -> list[Problem]:
 
 def prepare_out(out: str | os.PathLike, cfg: SweepConfig) -> Path:
   """Creates `out` with config.json, or accepts one holding the same config (resume)."""
-  from z1_jax.outputs import local_path
-  out = local_path(out, "--out")
-  wanted = cfg.to_json()
-  if out.exists():
-    if not out.is_dir():
-      raise Z1Error(f"--out {out}: exists and is not a directory")
-    cfg_path = out / CONFIG_FILE
-    if cfg_path.exists():
-      try:
-        held = json.loads(cfg_path.read_text())
-      except json.JSONDecodeError:
-        raise Z1Error(f"--out {out}: {CONFIG_FILE} is not valid JSON; choose another --out")
-      if held != wanted:
-        diff = [f"{k}: {held.get(k)!r} there, {wanted.get(k)!r} now"
-                for k in sorted(set(held) | set(wanted)) if held.get(k) != wanted.get(k)]
-        raise Z1Error(f"--out {out} holds a sweep with a different config ({'; '.join(diff)}); "
-                      "choose another --out (sweeps are never mixed)")
-      return out
-    if any(out.iterdir()):
-      raise Z1Error(f"--out {out}: not empty and holds no sweep ({CONFIG_FILE} missing); "
-                    "choose an empty or new directory")
-  out.mkdir(parents=True, exist_ok=True)
-  write_text_atomic(out / CONFIG_FILE, json.dumps(wanted, indent=2) + "\n")
-  return out
+  from z1_jax.outputs import resumable_out
+  return resumable_out(out, CONFIG_FILE, cfg.to_json(), "sweep")
 
 
 class Journal:
