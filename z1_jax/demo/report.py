@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from z1_jax.eval.report import auc, build_summary, markdown, shared_range, summarize
-from z1_jax.outputs import atomic_path, write_text_atomic
+from z1_jax.eval.report import (auc, build_summary, markdown, save_png, shared_range,
+                                 summarize)
+from z1_jax.outputs import write_text_atomic
 
 CLAIM_MARGIN = 0.02  # accuracy, absolute: "within 2 points"
 MODELS = ("z1", "long")
@@ -143,16 +144,6 @@ def sweep_series(summary: dict) -> dict[str, dict[str, list]]:
   return out
 
 
-def _save(fig, path: Path) -> Path:
-  import matplotlib.pyplot as plt
-  try:
-    with atomic_path(path) as tmp:
-      fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-  finally:
-    plt.close(fig)
-  return path
-
-
 def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
   """Two panels over the budget axis: accuracy, and mean thinking tokens; the claim marked."""
   import matplotlib
@@ -179,7 +170,7 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7, loc="best")
   fig.suptitle(summary["headline"].split(" (z1 at")[0], fontsize=8)
   fig.tight_layout()
-  return _save(fig, Path(path))
+  return save_png(fig, path)
 
 
 def plot_thinking_by_steps(summary: dict, path: str | os.PathLike) -> Path:
@@ -196,7 +187,7 @@ def plot_thinking_by_steps(summary: dict, path: str | os.PathLike) -> Path:
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  return _save(fig, Path(path))
+  return save_png(fig, path)
 
 
 def write(rows: list[dict], out_dir: str | os.PathLike, model_names: dict[str, str],

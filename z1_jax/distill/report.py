@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 
 from z1_jax.distill.filters import FATES
-from z1_jax.outputs import atomic_path, write_text_atomic
+from z1_jax.outputs import write_text_atomic
 
 
 def histogram(values: list[int]) -> dict:
@@ -182,13 +182,8 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
   if ax.get_legend_handles_labels()[0]:  # an empty set draws empty axes
     ax.legend(fontsize=7)
   fig.tight_layout()
-  path = Path(path)
-  try:
-    with atomic_path(path) as tmp:
-      fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-  finally:
-    plt.close(fig)
-  return path
+  from z1_jax.eval.report import save_png
+  return save_png(fig, path)
 
 
 def write(report: dict, out: str | os.PathLike) -> None:

@@ -298,10 +298,17 @@ def plot(summary: dict, path: str | os.PathLike, reference: list[dict] | None = 
     ax.grid(True, alpha=0.3)
   axes[0][-1].legend(fontsize=6, loc="best")
   fig.tight_layout()
+  return save_png(fig, path)
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = DPI) -> Path:
+  """Writes a matplotlib figure as a PNG, atomically, and closes it. No "Software" stamp: the
+  same figure gives the same bytes."""
+  import matplotlib.pyplot as plt
   path = Path(path)
   try:
     with atomic_path(path) as tmp:
-      fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+      fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
   finally:
     plt.close(fig)
   return path
