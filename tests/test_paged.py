@@ -287,3 +287,15 @@ def test_top_k_top_p_sort_a_gathered_vocabulary_not_a_sharded_one(hf_checkpoint)
   hlo = engine._decode_exe("filter", False).as_text()
   windows = [int(w) for w in re.findall(r"window=\{size=\d+x(\d+)", hlo)]
   assert windows and max(windows) < model.cfg.vocab_size, windows
+
+
+def test_a_scored_prompt_is_prefilled_in_the_narrowest_width_that_holds_it():
+  """Scoring computes a log-softmax over the whole vocabulary at every prefilled position: a
+  20-token prompt takes a [1, 32] chunk, not [1, 512] (1.1 s against 0.06 s per request at
+  Qwen's vocabulary on 2 CPU cores); a long one the widest, over several steps."""
+  from z1_jax.infer.engine.scheduler import choose_shape, score_shapes
+  shapes = score_shapes(512, 1)
+  assert shapes[0] == (1, 16) and shapes[-1] == (1, 512)
+  assert choose_shape([[20]], shapes, 1)[:2] == (1, 32)
+  assert choose_shape([[1000]], shapes, 1)[:2] == (1, 512)
+  assert choose_shape([[20], [70]], score_shapes(512, 2), 2)[:2] == (2, 128)  # a row per shard

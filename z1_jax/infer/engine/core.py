@@ -214,9 +214,10 @@ class Engine:
     for kind in ("greedy", "sample", "filter"):
       for logprobs in (False, True):
         self._decode_exe(kind, logprobs)
-    for i, (r, w) in enumerate(self.sched.shapes):
-      for logprobs in (False, True) if i == 0 else (False,):
-        self._prefill_exe(r, w, logprobs)
+    for r, w in self.sched.shapes:
+      self._prefill_exe(r, w, False)
+    for r, w in self.sched.score_shapes:
+      self._prefill_exe(r, w, True)
     for name in ("install", "release", "copy"):
       self._small_exe(name)
 
