@@ -73,11 +73,13 @@ def _torch_steps(model, tokens: np.ndarray):
       return model(ids, use_cache=True, logits_to_keep=1)
 
   out = run_prefill()
-  cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+  import inspect  # transformers 5 renamed `past_key_values` to `cache` (argument and output)
+  key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+  cache, token = out[key], out.logits[:, -1].argmax(-1, keepdim=True)
 
   def one_step():
     with torch.inference_mode():
-      model(token, past_key_values=cache, use_cache=True)
+      model(token, use_cache=True, **{key: cache})
 
   one_step()
   return run_prefill, one_step
