@@ -30,9 +30,10 @@ _ROW_FIELDS = ("id", "prompt", "prompt_ids", "thinking_budget", "answer_tokens",
 
 
 def _check_flags(args) -> None:
+  from z1_jax.infer.engine.requests import valid_unicode
   texts = [("--trigger", args.trigger)] + [("--prompt", p) for p in args.prompt or ()]
   for flag, text in texts:
-    if text is not None and not _encodes(text):  # argv bytes that are not UTF-8 arrive so
+    if text is not None and not valid_unicode(text):  # argv bytes that are not UTF-8 arrive so
       raise Z1Error(f"{flag} {text.encode('utf-8', 'backslashreplace')!r}: not UTF-8 text")
   budgeted = args.thinking_budget is not None
   if budgeted and args.max_new_tokens is not None:
@@ -97,6 +98,7 @@ def _read_rows(path: str) -> list[dict]:
   absent one), each value of the type its field needs. Any other content is a `Z1Error`
   naming the line: bytes that are not UTF-8, JSON that Python will not read (an integer of
   more than 4300 digits, nesting past the recursion limit), a lone surrogate."""
+  from z1_jax.infer.engine.requests import valid_unicode
   rows = []
   for n, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1):
     where = f"--prompts {path}: line {n}"
@@ -109,7 +111,7 @@ def _read_rows(path: str) -> list[dict]:
       continue
     try:
       row = json.loads(line)
-      text_ok = _encodes(row)
+      text_ok = valid_unicode(row)
     except RecursionError:
       raise Z1Error(f"{where}: the JSON is nested too deeply to read") from None
     except ValueError as e:  # JSONDecodeError, an integer past Python's 4300-digit limit
@@ -131,15 +133,6 @@ def _read_rows(path: str) -> list[dict]:
   if not rows:
     raise Z1Error(f"--prompts {path}: no requests")
   return rows
-
-
-def _encodes(value) -> bool:
-  """Every string (and key) in `value` is valid Unicode (it encodes as UTF-8)."""
-  try:
-    json.dumps(value, ensure_ascii=False).encode("utf-8")
-  except UnicodeEncodeError:
-    return False
-  return True
 
 
 _INT_FIELDS = ("thinking_budget", "answer_tokens", "max_new_tokens", "top_k", "seed")

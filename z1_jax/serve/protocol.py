@@ -30,7 +30,7 @@ import time
 from typing import Any, Sequence
 
 from z1_jax.data.format import DEFAULT_SYSTEM_PROMPT
-from z1_jax.infer.engine.requests import MAX_LOGPROBS, MAX_STOP_TOKEN_IDS
+from z1_jax.infer.engine.requests import MAX_LOGPROBS, MAX_STOP_TOKEN_IDS, valid_unicode
 
 INT32_MAX = 2**31 - 1  # integers the engine stores on the device are int32
 PLACEMENTS = ("replace", "append")
@@ -127,26 +127,17 @@ def load_body(raw: bytes):
   except ValueError as e:  # JSONDecodeError, and integers past Python's 4300-digit limit
     raise ServeError(f"the request body is not valid JSON: {str(e)[:200]}") from None
   try:
-    valid = _encodes(body)
+    valid = valid_unicode(body)
   except RecursionError:
     raise ServeError("the request body is not usable JSON: nested too deeply") from None
   if not valid:
     fields = list(body) if isinstance(body, dict) else []
-    field = next((k for k in fields if not _encodes([k, body[k]])), None)
-    where = "the body" if field is None else (field if _encodes(field) else "a key")
+    field = next((k for k in fields if not valid_unicode([k, body[k]])), None)
+    where = "the body" if field is None else (field if valid_unicode(field) else "a key")
     raise ServeError(f"{where}: a string holds a lone surrogate (a JSON \\ud800-\\udfff "
                      "escape that is not half of a pair): not valid Unicode",
-                     field if field is not None and _encodes(field) else None)
+                     field if field is not None and valid_unicode(field) else None)
   return body
-
-
-def _encodes(value) -> bool:
-  """Every string (and key) in `value` is valid Unicode: it encodes as UTF-8."""
-  try:
-    json.dumps(value, ensure_ascii=False).encode("utf-8")
-  except UnicodeEncodeError:
-    return False
-  return True
 
 
 # -- field readers: each raises ServeError naming the field ------------------------------------

@@ -296,3 +296,14 @@ def _short(value) -> str:
 
 def _is_int(value) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def valid_unicode(value) -> bool:
+  """Every string (and key) in `value` is valid Unicode: it encodes as UTF-8 (a lone surrogate,
+  from a JSON `\\ud800` escape or undecodable argv bytes, does not)."""
+  import json
+  try:
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
