@@ -177,18 +177,35 @@ def test_a_run_that_failed_before_its_first_checkpoint_takes_a_corrected_config(
   assert [r["step"] for r in _step_rows(run)] == [1, 2]
 
 
-def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith, monkeypatch):
-  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the suite's (conftest)
+@pytest.fixture
+def no_process_cache(monkeypatch):
+  """This process without the suite's compilation cache (conftest), for the test's duration."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  suite = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  cc.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", suite)
+  cc.reset_cache()
+
+
+def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith,
+                                                                 no_process_cache):
   before = jax.config.jax_compilation_cache_dir
   over = arith_overrides(arith, **{"train.max_steps": 1})
   first = train(load_config(TINY, over), tmp_path / "run", one_device(), False)
   assert first["compilation_cache"] == str(tmp_path / "run" / "compile_cache")
   assert any((tmp_path / "run" / "compile_cache").iterdir())
+  hits = []  # the cache's own count (a compile-time ratio flaked under load: 2.78 s vs 1.40 s)
+  jax.monitoring.register_event_listener(
+      lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits"
+      else None)
   second = train(load_config(TINY, arith_overrides(arith, **{"train.max_steps": 2})),
                  tmp_path / "run", one_device(), False)
-  compile_1 = first["goodput"]["badput_s"]["compilation"]
-  compile_2 = second["goodput"]["badput_s"]["compilation"]
-  assert compile_2 < compile_1 / 2, (compile_1, compile_2)
+  # a new train builds a new step function: the process's jit cache cannot hold it, the run's
+  # directory does (without the cache: no hit)
+  assert hits, "the second start compiled its step again"
   off = train(load_config(TINY, arith_overrides(arith, **{"train.max_steps": 1,
                                                           "train.compilation_cache": '"off"'})),
               tmp_path / "nocache", one_device(), False)
