@@ -6,11 +6,9 @@ requests, a bounded load test, a client that disconnects, SIGTERM with requests 
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from serve_helpers import tiny_server
 
 ROOT = Path(__file__).parents[1]
 MODEL = "tiny-z1"
@@ -26,34 +25,9 @@ SLOTS = 4
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-  import z1_jax
-  from z1_jax.data.tokenizer import load_tokenizer
-  path = tmp_path_factory.mktemp("serve") / MODEL
-  z1_jax.save_hf(z1_jax.create_model(z1_jax.get_preset("tiny")), path, dtype="float32",
-                 tokenizer=load_tokenizer())
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "z1_jax.cli", "serve", "--hf", str(path), "--port", "0",
-       "--batch-size", str(SLOTS), "--max-seq-len", "512", "--max-queue", "64",
-       "--shutdown-timeout", "20"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-  lines, url = [], None
-  deadline = time.time() + 120
-  while url is None and time.time() < deadline:
-    line = proc.stderr.readline()
-    if not line:
-      break
-    lines.append(line)
-    m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
-    url = m.group(1) if m else None
-  if url is None:  # no server left behind: it would hold its port and CPU past the session
-    proc.kill()
-    proc.wait()
-  assert url, "server did not become ready:\n" + "".join(lines)
-  threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-  yield {"url": url, "proc": proc, "path": path, "log": lines}
-  if proc.poll() is None:
-    proc.kill()
-    proc.wait()
+  with tiny_server(tmp_path_factory.mktemp("serve") / MODEL, "--batch-size", str(SLOTS),
+                   "--max-seq-len", "512", "--max-queue", "64", "--shutdown-timeout", "20") as s:
+    yield s
 
 
 def _client(server):

@@ -8,17 +8,12 @@ logprobs + max_tokens 1: loglikelihood) and a generate_until task that passes
 1e-4, the same greedy continuations, at batch_size 1 and 4 (a list of prompts per request)."""
 
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import lm_eval  # the test extra's lm-eval[api,hf]
 import pytest
+from serve_helpers import tiny_server
 
 ROOT = Path(__file__).parents[1]
 TASKS = ROOT / "tests" / "lm_eval_tasks"
@@ -27,33 +22,9 @@ MODEL = "tiny-z1"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-  import z1_jax
-  from z1_jax.data.tokenizer import load_tokenizer
-  path = tmp_path_factory.mktemp("lm-eval") / MODEL
-  z1_jax.save_hf(z1_jax.create_model(z1_jax.get_preset("tiny")), path, dtype="float32",
-                 tokenizer=load_tokenizer())
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "z1_jax.cli", "serve", "--hf", str(path), "--port", "0",
-       "--batch-size", "4", "--max-seq-len", "256"], stderr=subprocess.PIPE, text=True,
-      env=env, cwd=ROOT)
-  lines, url = [], None
-  deadline = time.time() + 120
-  while url is None and time.time() < deadline:
-    line = proc.stderr.readline()
-    if not line:
-      break
-    lines.append(line)
-    m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
-    url = m.group(1) if m else None
-  if url is None:
-    proc.kill()
-    proc.wait()
-  assert url, "server did not become ready:\n" + "".join(lines)
-  threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-  yield {"url": url, "path": path, "log": lines}
-  proc.kill()
-  proc.wait()
+  with tiny_server(tmp_path_factory.mktemp("lm-eval") / MODEL, "--batch-size", "4",
+                   "--max-seq-len", "256") as s:
+    yield s
 
 
 def _evaluate(model: str, model_args: dict, tasks: list[str], batch_size: int, tmp_path,
