@@ -63,9 +63,9 @@ def test_loss_falls_on_sample_data(tmp_path):
   assert report["badput_s"]["compilation"] > 0 and report["badput_s"]["restarts"] == 0
   accounted = report["productive_s"] + sum(v for k, v in report["badput_s"].items()
                                            if k != "restarts")
-  # within 1%: a step's time (read one step late) can include host lag that is also counted as
-  # data wait, so under load the causes overlap a little (0.5% seen on a loaded 2-core box)
-  assert accounted == pytest.approx(report["wall_s"], rel=0.01)
+  # the causes are disjoint spans of the wall time (a step's time excludes the waits for later
+  # batches that fall inside it), so they add up to it, up to the 3-decimal rounding of each
+  assert accounted == pytest.approx(report["wall_s"], abs=0.005)
   assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 

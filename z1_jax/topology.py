@@ -9,6 +9,8 @@
   devices (`jax.experimental.topologies`): `jit(...).trace(...).lower().compile()` for that
   slice runs on any host with `libtpu` installed (the `tpu` extra), no TPU needed. Nothing can
   be allocated on those devices.
+- `compile_only(lowered)`: compiles for such a mesh (libtpu's noise dropped, past JAX's
+  persistent compilation cache, which cannot load executables for compile-only devices).
 - `select_platform()`: what the `z1` command line runs on (see its docstring), and
   `quiet_libtpu()`, which keeps libtpu's start-up noise on a host without chips from users.
 
@@ -261,6 +263,23 @@ _NOISE = re.compile(
     r"unexpected worker hostname|=== Source Location Trace|libtpu_init_utils|"
     r"^\s*(learning|platforms|third_party)/\S+:\d+\s*$|TPU_WORKER_HOSTNAMES|"
     r"TPU_ACCELERATOR_TYPE|ALLOW_MULTIPLE_LIBTPU_LOAD")
+
+
+def compile_only(lowered):
+  """`lowered.compile()` for a plan: libtpu's start-up noise dropped, and JAX's persistent
+  compilation cache bypassed (an executable for compile-only devices cannot be loaded back
+  without a client: JAX would warn and compile again, and fill the cache with unusable entries)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  was = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  cc.reset_cache()  # JAX decides once per process whether it uses the cache: ask it again
+  try:
+    with quiet_libtpu():
+      return lowered.compile()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was)
+    cc.reset_cache()
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from z1_jax.model.config import Qwen2Config
 from z1_jax.model.paged import specs
 from z1_jax.model.qwen2 import abstract_model, state_shardings
 from z1_jax.model.serving import padded_config
+from z1_jax.topology import compile_only
 from z1_jax.model.sharding import serving_rules
 
 
@@ -71,7 +72,7 @@ def compile_decode(cfg: Qwen2Config, mesh: jax.sharding.Mesh, batch: int, pool_t
   out = {}
   for name, program in programs_:
     start = time.perf_counter()
-    compiled = program.lower().compile()
+    compiled = compile_only(program.lower())
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     if isinstance(cost, list):

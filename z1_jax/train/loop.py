@@ -303,8 +303,11 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
     nonlocal done_at
     metrics = jax.tree.map(to_host, p.pop("metrics"))
     now = time.perf_counter()
-    dt = now - max(done_at, p["dispatched"])
-    done_at = now
+    # the step's time: since it was dispatched or the previous step was read, whichever is later,
+    # less the waits for later batches in that span (counted as data badput, not twice)
+    since, data_then = max(done_at, (p["dispatched"], p["data_mark"]))
+    dt = now - since - (good.seconds["data"] - data_then)
+    done_at = (now, good.seconds["data"])
     good.productive += dt
     loss, grad_norm = to_float(metrics["loss"]), to_float(metrics["grad_norm"])
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -329,7 +332,7 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
     signals.last_saved = at
 
   pending = None
-  done_at = 0.0
+  done_at = (0.0, 0.0)  # (when the last step was read, the data badput by then)
   try:
     while step < target:
       t0 = time.perf_counter()
@@ -347,7 +350,7 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
         last = finish(pending)
         profile.after(pending["step"])
       pending = {"step": step, "metrics": metrics, "dispatched": dispatched,
-                 "data_wait_s": wait}
+                 "data_mark": good.seconds["data"], "data_wait_s": wait}
       stopped_by = signals.stop_reason(step)
       is_eval = eval_packed is not None and ((t.eval_every and step % t.eval_every == 0) or
                                              step == target)
@@ -363,7 +366,7 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
           last["eval_loss"] = evaluate(ts, state["params"], eval_packed, cfg, mesh)
           good.add("eval", time.perf_counter() - t_eval)
           log.write(last)
-        done_at = time.perf_counter()
+        done_at = (time.perf_counter(), good.seconds["data"])
       if stopped_by:
         break
     if pending is not None:

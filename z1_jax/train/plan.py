@@ -353,9 +353,8 @@ def plan_train(cfg: RunConfig, accelerator: str | None = None,
   memory = collectives = hardware = xla_cost = None
   uncounted = ()
   try:
-    from z1_jax.topology import quiet_libtpu
-    with quiet_libtpu():
-      compiled = ts.step.trace(*ts.abstract()).lower().compile()
+    from z1_jax.topology import compile_only
+    compiled = compile_only(ts.step.trace(*ts.abstract()).lower())
     memory = compiled.memory_analysis()
     from z1_jax.collectives import collective_bytes
     text = compiled.as_text()
