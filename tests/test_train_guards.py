@@ -180,14 +180,11 @@ def test_a_run_that_failed_before_its_first_checkpoint_takes_a_corrected_config(
 @pytest.fixture
 def no_process_cache(monkeypatch):
   """This process without the suite's compilation cache (conftest), for the test's duration."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
+  from z1_jax import compile_cache
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-  suite = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", None)
-  cc.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", suite)
-  cc.reset_cache()
+  with compile_cache.kept():
+    compile_cache.set_up("off", None)
+    yield
 
 
 def test_second_start_loads_the_step_from_the_compilation_cache(tmp_path, arith,

@@ -80,7 +80,7 @@ class TrainSection:
   eval_batches: int = 0  # batches per held-out loss; 0: the whole eval split
   peak_flops_per_device: float = 0.0  # for mfu; 0: known TPU table or a measured CPU matmul
   # persistent compilation cache: "" JAX_COMPILATION_CACHE_DIR or <out>/compile_cache, "off",
-  # or a directory (local or gs://); see train/observe.py
+  # or a directory (local or gs://); see compile_cache.py
   compilation_cache: str = ""
   profile_steps: str = ""  # "A:B": jax.profiler trace of steps A..B into <out>/tb; "": none
   resume_on_changed_data: bool = False  # resume even though the data's fingerprint changed

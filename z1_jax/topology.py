@@ -269,17 +269,9 @@ def compile_only(lowered):
   """`lowered.compile()` for a plan: libtpu's start-up noise dropped, and JAX's persistent
   compilation cache bypassed (an executable for compile-only devices cannot be loaded back
   without a client: JAX would warn and compile again, and fill the cache with unusable entries)."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  was = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  cc.reset_cache()  # JAX decides once per process whether it uses the cache: ask it again
-  try:
-    with quiet_libtpu():
-      return lowered.compile()
-  finally:
-    jax.config.update("jax_enable_compilation_cache", was)
-    cc.reset_cache()
+  from z1_jax.compile_cache import bypassed
+  with bypassed(), quiet_libtpu():
+    return lowered.compile()
 
 
 @contextlib.contextmanager

@@ -201,8 +201,8 @@ def train(cfg: RunConfig, out_dir: str | os.PathLike, mesh: Mesh | None = None,
   its target changes nothing and says so (`summary["already_done"]`). Signals and peers are
   watched for the whole call (`train/interrupt.py`)."""
   from z1_jax.train.interrupt import StopSignals
-  from z1_jax.train.observe import kept_compilation_cache
-  with StopSignals(cfg.train.peer_timeout_s) as signals, kept_compilation_cache():
+  from z1_jax import compile_cache
+  with StopSignals(cfg.train.peer_timeout_s) as signals, compile_cache.kept():
     return _train(cfg, out_dir, mesh, progress, signals)
 
 
@@ -210,7 +210,8 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
   from z1_jax.data.pipeline import GlobalBatches, PipelineConfig
   from z1_jax.train.data_identity import check_resume, check_same_on_every_host, fingerprint
   from z1_jax.train.goodput import Goodput
-  from z1_jax.train.observe import ProfileWindow, set_up_compilation_cache
+  from z1_jax import compile_cache
+  from z1_jax.train.observe import ProfileWindow
   from z1_jax.config import parse_profile_steps
   good = Goodput()
   out = as_path(out_dir)  # a local directory, or gs:// shared by every host of a pod
@@ -254,7 +255,7 @@ def _train(cfg: RunConfig, out_dir, mesh: Mesh | None, progress: bool, signals) 
   if latest is not None and latest >= target:
     ckpt.close()
     return _already_done(out, latest, target, "its length")
-  cache_dir = set_up_compilation_cache(t.compilation_cache, out)
+  cache_dir = compile_cache.set_up(t.compilation_cache, out)
 
   ts = build_train_step(cfg, mesh, model_cfg, total)
   batches = GlobalBatches(packed, PipelineConfig(t.global_batch, t.seed, t.epochs), mesh)

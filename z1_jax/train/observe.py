@@ -1,55 +1,11 @@
-"""Start-up and visibility of a run: the persistent compilation cache and the profiler window.
+"""Visibility of a run: the profiler window (the compilation cache: `z1_jax/compile_cache.py`).
 
-- `train.compilation_cache`: "" uses `JAX_COMPILATION_CACHE_DIR` when set, else
-  `<out>/compile_cache` (gs:// when the run directory is); "off" disables; any other value is
-  the directory (local or gs://). Every executable is cached (no minimum compile time), so the
-  second start of a run loads its step instead of compiling it.
 - `train.profile_steps = "A:B"` (parsed by `config.parse_profile_steps`): a `jax.profiler`
   trace of optimizer steps A..B (1-based, inclusive) into `<out>/tb/plugins/profile/` on every host, for TensorBoard's profile tab
   (`pip install tensorboard tensorboard-plugin-profile; tensorboard --logdir <out>/tb`).
 """
 
 from __future__ import annotations
-
-import contextlib
-import os
-
-
-def set_up_compilation_cache(setting: str, out) -> str | None:
-  """Points JAX's persistent compilation cache at the run's directory; returns it (or None)."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  if setting == "off":
-    if jax.config.jax_compilation_cache_dir is not None:  # set by JAX_COMPILATION_CACHE_DIR
-      jax.config.update("jax_compilation_cache_dir", None)
-      cc.reset_cache()
-    return None
-  where = setting or os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(out / "compile_cache")
-  if jax.config.jax_compilation_cache_dir != where:
-    jax.config.update("jax_compilation_cache_dir", where)
-    cc.reset_cache()  # the cache binds its directory at first use: rebind for this run
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return where
-
-
-@contextlib.contextmanager
-def kept_compilation_cache():
-  """Puts JAX's compilation-cache settings back as they were on exit: a run called from Python
-  leaves the process's cache where it found it (its own directory may be gone by then: an
-  output written under a temporary name and renamed)."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  before = {n: getattr(jax.config, n) for n in names}
-  try:
-    yield
-  finally:
-    if jax.config.jax_compilation_cache_dir != before["jax_compilation_cache_dir"]:
-      for n, v in before.items():
-        jax.config.update(n, v)
-      cc.reset_cache()
 
 
 class ProfileWindow:
