@@ -583,5 +583,12 @@ def test_metrics_move_by_what_was_served(env):
   itl = delta("vllm:inter_token_latency_seconds_count")
   assert 0 < itl <= usage("completion_tokens") - len(choices)
   assert after["vllm:num_requests_running"] == after["vllm:num_requests_waiting"] == 0
-  # the prefix cache: the n=2 samples of "a" looked their prompt's full pages up twice
-  assert delta("vllm:prefix_cache_queries_total") >= delta("vllm:prefix_cache_hits_total") >= 0
+  # the prefix cache, in prompt tokens: n=2 samples of a prompt of several full pages look them
+  # up twice, and the second finds the first one's (16-token pages on CPU)
+  prompt = "class Stack:\n    # push, pop and peek, each in O(1)\n" * 4
+  full = (len(env["tok"].encode(prompt, add_special_tokens=False)) - 1) // 16 * 16
+  _ok(client, {"prompt": prompt, "max_tokens": 1, "n": 2, "temperature": 1.0})
+  cached = _scrape(client)
+  moved = lambda k: cached[k] - after[k]
+  assert full >= 32 and moved("vllm:prefix_cache_queries_total") == 2 * full
+  assert moved("vllm:prefix_cache_hits_total") == full
