@@ -3,11 +3,8 @@ test modules that talk to a real server (the openai client, lm-eval)."""
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -19,6 +16,7 @@ def tiny_server(path: Path, *flags: str):
   "path", "log"} once it is ready; kills it on exit (no server outlives its module)."""
   import z1_jax
   from z1_jax.data.tokenizer import load_tokenizer
+  from z1_jax.serve.command import ready_url
   z1_jax.save_hf(z1_jax.create_model(z1_jax.get_preset("tiny")), path, dtype="float32",
                  tokenizer=load_tokenizer())
   env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
@@ -26,17 +24,8 @@ def tiny_server(path: Path, *flags: str):
       [sys.executable, "-m", "z1_jax.cli", "serve", "--hf", str(path), "--port", "0", *flags],
       stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
   try:
-    lines, url = [], None
-    deadline = time.time() + 120
-    while url is None and time.time() < deadline:
-      line = proc.stderr.readline()
-      if not line:
-        break
-      lines.append(line)
-      m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
-      url = m.group(1) if m else None
-    assert url, "server did not become ready:\n" + "".join(lines)
-    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    lines = []
+    url = ready_url(proc.stderr, lines)
     yield {"url": url, "proc": proc, "path": path, "log": lines}
   finally:
     if proc.poll() is None:

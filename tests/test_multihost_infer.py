@@ -5,7 +5,6 @@ checkpoints named by `file://` URIs (the code path of `gs://`) are read by gener
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -168,14 +167,8 @@ def test_serve_on_two_processes_answers_as_one_process_generates(model_dirs, tmp
                   "--max-seq-len", "10016", "--mesh", "2,1,2"], 2, stdout=subprocess.DEVNULL,
                  stderr=subprocess.PIPE)
   try:
-    lines, url = [], None
-    for line in procs[0].stderr:
-      lines.append(line)
-      m = re.search(r"ready on (http://127\.0\.0\.1:\d+)", line)
-      if m:
-        url = m.group(1)
-        break
-    assert url, "".join(lines)
+    from z1_jax.serve.command import ready_url
+    url = ready_url(procs[0].stderr, [])
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
     r = client.completions.create(model="hf", prompt=long_ids, max_tokens=4, temperature=0)
     assert r.usage.prompt_tokens == 10_000 and r.usage.completion_tokens == len(long["tokens"])

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +55,7 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
   import z1_jax
   from z1_jax.data.tokenizer import load_tokenizer
   from z1_jax.infer.engine import Engine, Request, bucket
+  from z1_jax.serve.command import ready_url
 
   tokenizer = load_tokenizer()
   model = z1_jax.create_model(z1_jax.get_preset("tiny"))
@@ -87,14 +86,7 @@ def bench_serve(requests: int = 64, clients: int = 16, slots: int = 8,
          "--batch-size", str(slots), "--max-seq-len", str(max_seq_len),
          "--max-queue", str(requests)], stderr=subprocess.PIPE, text=True, env=env)
     try:
-      url = None
-      while url is None:
-        line = proc.stderr.readline()
-        if not line:
-          raise RuntimeError("z1 serve exited before it was ready")
-        m = re.search(r"ready on (http://\S+)", line)
-        url = m.group(1) if m else None
-      threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+      url = ready_url(proc.stderr, [])
       ttft, itl, gaps, per_request, latency, tokens = [], [], [], [], [], []
 
       def one(item):

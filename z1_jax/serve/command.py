@@ -32,6 +32,22 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
+_READY = "z1 serve: ready on "  # + the URL: the line a parent process waits for
+
+
+def ready_url(stderr, log: list[str]) -> str:
+  """For a parent running `z1 serve` as a child (a benchmark, a test): reads the child's stderr
+  (text lines) into `log` until it says it is ready, then goes on reading it into `log` on a
+  daemon thread (a full pipe would stall the server). Returns the server's URL; a child that
+  exits first is a Z1Error with the end of what it wrote."""
+  for line in stderr:
+    log.append(line)
+    if line.startswith(_READY):
+      threading.Thread(target=lambda: log.extend(stderr), daemon=True).start()
+      return line[len(_READY):].strip()
+  raise Z1Error("z1 serve exited before it was ready:\n" + "".join(log[-40:]))
+
+
 def _check_flags(args) -> None:
   if args.default_answer_tokens is not None and args.default_thinking_budget is None:
     raise Z1Error("--default-answer-tokens applies with --default-thinking-budget")
@@ -181,7 +197,7 @@ def run_serve(args) -> int:
   def announce():
     runner.ready.wait()
     if runner.failed is None:
-      _log(f"z1 serve: ready on http://{host}:{port}")
+      _log(f"{_READY}http://{host}:{port}")
   threading.Thread(target=announce, daemon=True).start()
   _Server(app, sock, args.shutdown_timeout).run()
   runner.stop(timeout=args.shutdown_timeout + 30)
